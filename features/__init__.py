@@ -1,0 +1,22 @@
+"""The HDF5 feature store (schema in README.md): writers, readers, provenance checks and loaders."""
+from vidfeat.features.store import (
+    SCHEMA_VERSION,
+    FeatureStore,
+    ProvenanceMismatch,
+    StoreError,
+    StoreLocked,
+    StoreWriter,
+    VideoRecord,
+    check_compatible,
+    merge_stores,
+    open_store,
+    provenance_hash,
+    write_store,
+)
+from vidfeat.features.loaders import SequenceDataset, load_xy, pad_collate, pool, select_keys
+
+__all__ = [
+    "SCHEMA_VERSION", "FeatureStore", "ProvenanceMismatch", "StoreError", "StoreLocked", "StoreWriter",
+    "VideoRecord", "check_compatible", "merge_stores", "open_store", "provenance_hash", "write_store",
+    "SequenceDataset", "load_xy", "pad_collate", "pool", "select_keys",
+]
