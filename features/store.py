@@ -294,6 +294,14 @@ class FeatureStore:
     def lengths(self) -> dict[str, int]:
         return {key: int(file.length[i]) for key, (file, i) in self._where.items()}
 
+    def source_stats(self) -> dict[str, tuple[int, float]]:
+        """(size, mtime) of each video's source when it was extracted, to spot videos changed since."""
+        columns = {id(f): (f.h5["videos"]["source_size"][:], f.h5["videos"]["source_mtime"][:]) for f in self._files}
+        return {
+            key: (int(columns[id(file)][0][i]), float(columns[id(file)][1][i]))
+            for key, (file, i) in self._where.items()
+        }
+
     def partial(self) -> dict[str, str]:
         """Videos kept although they decoded short, with the reason (decoded vs expected frames)."""
         out = {}
@@ -484,11 +492,13 @@ class StoreWriter:
             self.path.with_name(self.path.name + ".tmp").unlink(missing_ok=True)
             self.done: set[str] = set()
             self.previous_failures: dict[str, str] = {}
+            self._source_stats: dict[str, tuple[int, float]] = {}
             if _committed_files(self.path):
                 with FeatureStore([self.path]) as existing:
                     check_compatible(existing.attrs, self.provenance, f"the existing store {self.path}")
                     self.provenance = {**existing.attrs, "updated": self.provenance["created"]}
                     self.done = set(existing.keys())
+                    self._source_stats = existing.source_stats()
                     self.previous_failures = {key: error for key, _, error in existing.failure_records()}
         except BaseException:
             self._release_lock()
@@ -518,6 +528,17 @@ class StoreWriter:
         if self._lock_file is not None:
             self._lock_file.close()
             self._lock_file = None
+
+    def is_stale(self, key: str, source: str | os.PathLike) -> bool:
+        """True when the stored video's source file changed size or mtime since it was extracted."""
+        recorded = self._source_stats.get(key)
+        if recorded is None:
+            return False
+        try:
+            stat = os.stat(source)
+        except OSError:
+            return False
+        return (stat.st_size, stat.st_mtime) != recorded
 
     def add(self, record: VideoRecord) -> None:
         self._pending.append(record)

@@ -1,0 +1,118 @@
+"""Stage wiring: dataset adapters -> extraction jobs -> the feature store. Callable from Python; the CLI is a shell."""
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Sequence
+
+from vidfeat.extract.runner import ExtractOptions, ExtractSummary, VideoJob, extract_videos
+from vidfeat.features.store import FeatureStore, parts_dir
+from vidfeat.pipelines.datasets import Dataset, dataset_from_inputs, load_dataset
+
+DEFAULT_BACKBONE = "efficientnet_lite0"
+
+
+def jobs_from_dataset(dataset: Dataset) -> list[VideoJob]:
+    return [VideoJob(item.key, Path(item.path), item.label, tuple(item.splits)) for item in dataset.items]
+
+
+def extract_dataset(
+    dataset: Dataset,
+    out: str | os.PathLike,
+    backbone: str = DEFAULT_BACKBONE,
+    weights: str | None = None,
+    options: ExtractOptions | None = None,
+) -> ExtractSummary:
+    """Extract a loaded dataset into the store at ``out`` (created, or resumed when it exists)."""
+    return extract_videos(
+        jobs_from_dataset(dataset),
+        out,
+        backbone,
+        options or ExtractOptions(),
+        dataset={"name": dataset.name, "root": str(dataset.root)},
+        classes=dataset.classes,
+        n_folds=dataset.n_folds,
+        weights=weights,
+    )
+
+
+def extract(
+    out: str | os.PathLike,
+    *,
+    inputs: Sequence[str | os.PathLike] = (),
+    dataset: str | None = None,
+    data_root: str | os.PathLike | None = None,
+    list_file: str | os.PathLike | None = None,
+    backbone: str = DEFAULT_BACKBONE,
+    weights: str | None = None,
+    options: ExtractOptions | None = None,
+    seed: int = 0,
+) -> ExtractSummary:
+    """Either named dataset (adapter layout) or loose INPUT files/directories; exactly one of the two."""
+    if dataset and inputs:
+        raise ValueError("give either --dataset or INPUT paths, not both")
+    if dataset:
+        if data_root is None and list_file is None:
+            raise ValueError(f"--dataset {dataset} needs --data-root DIR (see `vidfeat datasets` for the layout)")
+        loaded = load_dataset(dataset, data_root if data_root is not None else Path(list_file).parent, list_file, seed)
+    elif inputs:
+        loaded = dataset_from_inputs([Path(p) for p in inputs])
+    else:
+        raise ValueError("nothing to extract: pass INPUT files/directories or --dataset NAME --data-root DIR")
+    return extract_dataset(loaded, out, backbone, weights, options)
+
+
+def format_summary(summary: ExtractSummary) -> str:
+    lines = [
+        f"store: {summary.out}",
+        f"videos: {summary.total} total, {summary.extracted} extracted now, {summary.already_done} already stored, "
+        f"{len(summary.failures)} failed" + (f", {summary.skipped_failed} earlier failures skipped" if summary.skipped_failed else "")
+        + (f", {summary.stale} re-extracted because the source changed" if summary.stale else ""),
+    ]
+    if summary.frames:
+        lines.append(
+            f"frames: {summary.frames} in {summary.seconds:.1f} s = {summary.frames_per_second:.1f} frames/s "
+            f"(device {summary.device}, batch {summary.batch_size})"
+        )
+    for key, reason in summary.partial:
+        lines.append(f"partial: {key}: {reason}")
+    for source, error in summary.failures:
+        lines.append(f"FAILED: {source}: {error}")
+    if summary.interrupted:
+        lines.append("interrupted: finished videos are saved; rerun the same command to resume")
+    return "\n".join(lines)
+
+
+def describe_store(store: FeatureStore) -> str:
+    """Human summary for `vidfeat features info`: provenance, counts, dims, splits, partial and failed videos."""
+    attrs = store.attrs
+    lengths = store.lengths()
+    rows = sum(lengths.values())
+    lines = [f"files: {', '.join(map(str, store.paths))}"]
+    pending = [p for p in store.paths if p.parent == parts_dir(store.paths[0])]
+    if pending:
+        lines.append(f"note: {len(pending)} committed part(s) of an unfinished run; rerun the extraction to merge them")
+    for name in ("schema_version", "kind", "backbone", "weights", "feature_dim", "dtype", "dataset", "dataset_root",
+                 "n_folds", "vidfeat_version", "created", "updated", "provenance_hash"):
+        if name in attrs:
+            lines.append(f"{name}: {attrs[name]}")
+    for name in ("preprocessing", "sampling", "window", "rois", "software"):
+        if attrs.get(name) is not None:
+            lines.append(f"{name}: {attrs[name]}")
+    lines.append(f"videos: {len(store)}  rows: {rows}  rows/video: "
+                 + (f"min {min(lengths.values())}, mean {rows / len(lengths):.1f}, max {max(lengths.values())}" if lengths else "-"))
+    classes = store.classes
+    if classes:
+        counts = Counter(store.label(k) for k in store.keys())
+        lines.append(f"classes: {len(classes)} ({', '.join(f'{c}={counts.get(c, 0)}' for c in classes)})")
+    for fold in range(1, store.n_folds + 1):
+        counts = Counter(store.split(k, fold) for k in store.keys())
+        lines.append(f"fold {fold}: " + ", ".join(f"{s}={counts.get(s, 0)}" for s in ("train", "val", "test", None)))
+    partial = store.partial()
+    lines.append(f"partial: {len(partial)}")
+    lines += [f"  {key}: {reason}" for key, reason in partial.items()]
+    failures = store.failures()
+    lines.append(f"failures: {len(failures)}")
+    lines += [f"  {source}: {error}" for source, error in failures]
+    return "\n".join(lines)
