@@ -357,13 +357,13 @@ then: unrar x UCF101.rar <root>/ ; unzip UCF101TrainTestSplits-RecognitionTask.z
 class ListAdapter:
     name = "list"
     layout = """\
---list FILE (or --root FILE): either
+--list FILE (or --data-root FILE): either
   a CSV with header 'path,label[,split]'  (split: train | val | test | empty; label may be empty)
       videos/a.mp4,jump,train
       "videos/b, take 2.mp4",run,test
   or text lines '<path> <label>' (MMAction2/PaddleVideo style; label an int or a name; path may contain spaces)
       videos/a.mp4 0
-Relative paths are resolved against the list file's folder, then against --root when that is a folder.
+Relative paths are resolved against the list file's folder, then against --data-root when that is a folder.
 The key of each video is its path relative to that folder, without extension.
 With a split column the dataset has 1 fold, otherwise 0 (use the folder adapter for an automatic split)."""
 

@@ -279,11 +279,11 @@ def ensure_sample(root: Path | str = DEFAULT_ROOT) -> Path:
         return root
     if root.exists():
         if not root.is_dir():
-            raise DatasetError(f"sample: {root} exists and is not a folder; choose another --root")
+            raise DatasetError(f"sample: {root} exists and is not a folder; choose another --data-root")
         if any(root.iterdir()) and not (root / MARKER).exists():
             raise DatasetError(
                 f"sample: {root} is not empty and holds no vidfeat sample (no {MARKER}); "
-                "choose an empty or new folder as --root, or delete this one"
+                "choose an empty or new folder as --data-root, or delete this one"
             )
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = root.parent / f".{root.name}.tmp-{uuid.uuid4().hex}"

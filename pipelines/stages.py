@@ -8,6 +8,7 @@ from typing import Sequence
 
 from vidfeat.extract.runner import ExtractOptions, ExtractSummary, VideoJob, extract_videos
 from vidfeat.features.store import FeatureStore, parts_dir
+from vidfeat.pipelines import sample
 from vidfeat.pipelines.datasets import Dataset, dataset_from_inputs, load_dataset
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
@@ -53,6 +54,8 @@ def extract(
     if dataset and inputs:
         raise ValueError("give either --dataset or INPUT paths, not both")
     if dataset:
+        if dataset == "sample" and data_root is None:
+            data_root = sample.DEFAULT_ROOT
         if data_root is None and list_file is None:
             raise ValueError(f"--dataset {dataset} needs --data-root DIR (see `vidfeat datasets` for the layout)")
         loaded = load_dataset(dataset, data_root if data_root is not None else Path(list_file).parent, list_file, seed)
