@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from vidfeat.extract.backbones import Backbone, create_backbone
-from vidfeat.extract.video import Sampling, VideoError, VideoReader
+from vidfeat.extract.video import Sampling, VideoError, VideoReader, backend_versions
 from vidfeat.features.store import StoreWriter, VideoRecord
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
@@ -101,14 +101,11 @@ def default_batch_size(device: torch.device) -> int:
 
 
 def software_versions() -> dict:
-    import av
     import h5py
 
-    libs = {name: ".".join(map(str, v)) for name, v in av.library_versions.items()}
     return {
         "vidfeat": version("vidfeat"), "torch": torch.__version__, "torchvision": version("torchvision"),
-        "av": av.__version__, "libav": libs, "h5py": h5py.__version__, "numpy": np.__version__,
-        "python": platform.python_version(),
+        **backend_versions(), "h5py": h5py.__version__, "numpy": np.__version__, "python": platform.python_version(),
     }
 
 

@@ -80,18 +80,23 @@ class VideoRecord:
             raise StoreError(f"{self.key!r}: timestamps/frame_indices must have {n} rows like the features")
 
 
+def _canonical(value: object) -> str:
+    """JSON with sorted keys: tuples and lists, or dicts in another order, compare equal as they do on disk."""
+    return json.dumps(value, sort_keys=True)
+
+
 def provenance_hash(provenance: dict) -> str:
     """Hash of the identity fields only, so versions and timestamps don't make equal configs look different."""
     identity = {name: provenance.get(name) for name in IDENTITY_FIELDS}
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+    return hashlib.sha256(_canonical(identity).encode()).hexdigest()
 
 
 def check_compatible(expected: dict, actual: dict, what: str) -> None:
     """Raise ProvenanceMismatch naming every identity field that differs."""
     diffs = [
-        f"  {name}: {json.dumps(expected.get(name))} vs {json.dumps(actual.get(name))}"
+        f"  {name}: {_canonical(expected.get(name))} vs {_canonical(actual.get(name))}"
         for name in IDENTITY_FIELDS
-        if expected.get(name) != actual.get(name)
+        if _canonical(expected.get(name)) != _canonical(actual.get(name))
     ]
     if diffs:
         raise ProvenanceMismatch(
@@ -116,7 +121,7 @@ def _write_attrs(f: h5py.File, provenance: dict) -> None:
         if value is None:
             continue
         if name in _JSON_FIELDS or name == "dataset":
-            value = json.dumps(value, sort_keys=True)
+            value = _canonical(value)
         f.attrs[name] = value
     f.attrs["provenance_hash"] = provenance_hash(provenance)
 

@@ -106,3 +106,7 @@ def datasets() -> None:
     """List the dataset adapters and the layouts they expect."""
     for adapter in ADAPTERS.values():
         click.echo(f"{adapter.name}\n" + "\n".join(f"    {line}" for line in adapter.layout.strip().splitlines()) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,197 @@
+"""Extraction end to end through the CLI: datasets, bad inputs, kill -9 / Ctrl-C resume, locking and mixing."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from hmdb_fixture import make_hmdb51_tree
+from videogen import make_audio_only, make_text_file, make_truncated, make_video
+from vidfeat.features import open_store
+from vidfeat.pipelines.cli import main
+
+# Tiny real videos keep the pretrained efficientnet_lite0 (the default backbone) fast enough for CI.
+tiny = partial(make_video, size=(48, 36), fps=5, seconds=1)
+
+
+def run_cli(*args: str):
+    return CliRunner().invoke(main, [*map(str, args), "--no-progress"] if args[0] == "extract" else list(map(str, args)))
+
+
+@pytest.fixture(scope="module")
+def hmdb(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hmdb51")
+    tree = make_hmdb51_tree(root, write_video=tiny, classes=("brush_hair", "cartwheel"), per_class=4)
+    (tree.videos_dir / "cartwheel" / "zero bytes (#1).avi").write_bytes(b"")
+    make_text_file(tree.videos_dir / "brush_hair" / "notes!.avi")
+    return tree
+
+
+def test_hmdb51_tree_stores_every_readable_video_and_records_corrupt_ones(hmdb, tmp_path):
+    out = tmp_path / "hmdb.h5"
+    result = run_cli("extract", "--dataset", "hmdb51", "--data-root", hmdb.root, "--out", out)
+    assert result.exit_code == 1, result.output
+    assert "2 video(s) failed" in result.output
+    assert "zero bytes (#1).avi: file is empty" in result.output
+    with open_store(out) as s:
+        assert s.keys() == sorted(hmdb.expected)
+        for key, (label, splits) in hmdb.expected.items():
+            assert s.label(key) == label
+            assert tuple(s.split(key, f) for f in (1, 2, 3)) == splits
+            assert s.features(key).shape == (5, 1280)
+        failed = dict(s.failures())
+        assert set(map(os.path.basename, failed)) == {"zero bytes (#1).avi", "notes!.avi"}
+        assert s.attrs["backbone"] == "efficientnet_lite0" and s.attrs["n_folds"] == 3
+        assert s.attrs["classes"] == ["brush_hair", "cartwheel"]
+
+    info = run_cli("features", "info", out)
+    assert info.exit_code == 0 and "failures: 2" in info.output and "fold 1: train=" in info.output
+
+    again = run_cli("extract", "--dataset", "hmdb51", "--data-root", hmdb.root, "--out", out, "--skip-failed")
+    assert again.exit_code == 0, again.output
+    assert "0 extracted now, 8 already stored, 0 failed, 2 earlier failures skipped" in again.output
+    retry = run_cli("extract", "--dataset", "hmdb51", "--data-root", hmdb.root, "--out", out, "--allow-failures")
+    assert retry.exit_code == 0 and "2 failed" in retry.output  # failures are retried, and fail again
+
+
+def test_bad_inputs_become_failures_and_truncation_is_flagged(tmp_path):
+    videos = tmp_path / "in"
+    videos.mkdir()
+    good = make_video(videos / "good.avi", size=(48, 36), fps=10, seconds=2)
+    make_truncated(make_video(tmp_path / "long.avi", size=(48, 36), fps=10, seconds=4), videos / "cut.avi", 0.5)
+    (videos / "empty.mp4").write_bytes(b"")
+    make_audio_only(videos / "sound.mp4")
+    make_text_file(videos / "text.mp4")
+    make_truncated(good, videos / "header_only.avi", 0.02)
+    out = tmp_path / "x.h5"
+    result = run_cli("extract", videos, "--out", out, "--fps", "5")
+    assert result.exit_code == 1
+    with open_store(out) as s:
+        assert s.keys() == ["cut", "good"]
+        assert "cut" in s.partial() and "decoded" in s.partial()["cut"]
+        record = s.record("cut")
+        assert 0 < record.decoded_frames < record.expected_frames == 40
+        errors = {Path(src).name: err for src, err in s.failures()}
+    assert set(errors) == {"empty.mp4", "sound.mp4", "text.mp4", "header_only.avi"}
+    assert "empty" in errors["empty.mp4"] and "no video stream" in errors["sound.mp4"]
+    assert "partial: cut:" in result.output
+
+    strict = tmp_path / "strict.h5"
+    result = run_cli("extract", videos / "cut.avi", videos / "good.avi", "--out", strict, "--strict")
+    assert result.exit_code == 1 and "--strict" in result.output
+    with open_store(strict) as s:
+        assert s.keys() == ["good"] and "--strict" in s.failures()[0][1]
+
+
+def test_fps_sampling_records_exact_timestamps_and_source_indices(tmp_path):
+    make_video(tmp_path / "v.mp4", size=(64, 48), fps=25, seconds=2)
+    out = tmp_path / "fps.h5"
+    assert run_cli("extract", tmp_path / "v.mp4", "--out", out, "--fps", "5").exit_code == 0
+    with open_store(out) as s:
+        np.testing.assert_allclose(s.timestamps("v"), np.arange(10) * 0.2, atol=1e-9)
+        assert s.frame_indices("v").tolist() == list(range(0, 50, 5))
+        assert s.attrs["sampling"] == {"mode": "fps", "fps": 5.0}
+    out_all = tmp_path / "all.h5"
+    assert run_cli("extract", tmp_path / "v.mp4", "--out", out_all, "--dtype", "float32").exit_code == 0
+    with open_store(out_all) as s, open_store(out) as sampled:
+        assert s.features("v").shape == (50, 1280) and s.features("v").dtype == np.float32
+        # the fps store's rows are the very same frames, through the same model
+        np.testing.assert_allclose(sampled.features("v"), s.features("v")[::5], atol=2e-2, rtol=1e-2)
+
+
+def test_mixing_and_bad_options_are_refused_with_clear_errors(tmp_path):
+    make_video(tmp_path / "v.mp4", size=(48, 36), fps=5, seconds=1)
+    out = tmp_path / "s.h5"
+    assert run_cli("extract", tmp_path / "v.mp4", "--out", out).exit_code == 0
+    mixed = run_cli("extract", tmp_path / "v.mp4", "--out", out, "--fps", "2")
+    assert mixed.exit_code == 1 and "refusing to mix them" in mixed.output and "sampling" in mixed.output
+    for args, message in [
+        (("--device", "cuda:3"), "CUDA is not available"),
+        (("--weights", tmp_path / "missing.pth"), "missing.pth"),
+        (("--backbone", "vgg16"), "vgg16"),
+        (("--fps", "2", "--every-n", "3"), "fps"),
+    ]:
+        result = run_cli("extract", tmp_path / "v.mp4", "--out", tmp_path / "other.h5", *args)
+        assert result.exit_code == 1 and message in result.output, result.output
+    result = run_cli("extract", "--dataset", "hmdb51", "--data-root", tmp_path / "nowhere", "--out", tmp_path / "o.h5")
+    assert result.exit_code == 1 and "looked in" in result.output and "serre-lab" in result.output
+
+
+def _extract_process(inputs: Path, out: Path) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "vidfeat.pipelines.cli", "extract", str(inputs), "--out", str(out),
+           "--batch-size", "2", "--no-progress"]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for_parts(out: Path, proc: subprocess.Popen, count: int) -> None:
+    parts = out.with_name(out.name + ".parts")
+    deadline = time.time() + 120
+    while len(list(parts.glob("part-*.h5"))) < count:
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.time() < deadline
+        time.sleep(0.02)
+
+
+@pytest.fixture(scope="module")
+def many_videos(tmp_path_factory):
+    root = tmp_path_factory.mktemp("many")
+    for i in range(14):
+        make_video(root / f"clip {i:02d}.mp4", size=(48, 36), fps=5, seconds=1.2, pattern="counter")
+    return root
+
+
+@pytest.fixture(scope="module")
+def clean_store(many_videos, tmp_path_factory):
+    out = tmp_path_factory.mktemp("clean") / "clean.h5"
+    assert run_cli("extract", many_videos, "--out", out).exit_code == 0
+    return out
+
+
+def assert_same_store(a: Path, b: Path) -> None:
+    with open_store(a) as x, open_store(b) as y:
+        assert x.keys() == y.keys()
+        for key in x.keys():
+            np.testing.assert_allclose(x.features(key).astype(np.float32), y.features(key).astype(np.float32),
+                                       atol=1e-2, rtol=1e-2)
+            np.testing.assert_array_equal(x.timestamps(key), y.timestamps(key))
+            np.testing.assert_array_equal(x.frame_indices(key), y.frame_indices(key))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_killed_extraction_resumes_to_the_clean_result(many_videos, clean_store, tmp_path, sig):
+    out = tmp_path / "killed.h5"
+    proc = _extract_process(many_videos, out)
+    _wait_for_parts(out, proc, 2)
+    proc.send_signal(sig)
+    output = proc.communicate(timeout=60)[0]
+    if sig == signal.SIGINT:
+        assert proc.returncode == 130 and "rerun the same command to resume" in output
+    else:
+        assert proc.returncode == -signal.SIGKILL
+    with open_store(out) as s:  # what finished before the signal is readable right away
+        saved = len(s)
+    assert 2 <= saved < 14
+    resumed = run_cli("extract", many_videos, "--out", out)
+    assert resumed.exit_code == 0
+    assert f"{14 - saved} extracted now, {saved} already stored" in resumed.output
+    assert not out.with_name(out.name + ".parts").exists()
+    assert_same_store(out, clean_store)
+
+
+def test_second_writer_on_the_same_store_is_refused(many_videos, tmp_path):
+    out = tmp_path / "busy.h5"
+    proc = _extract_process(many_videos, out)
+    try:
+        _wait_for_parts(out, proc, 1)
+        result = run_cli("extract", many_videos, "--out", out)
+        assert result.exit_code == 1
+        assert f"is being written by pid {proc.pid}" in result.output
+    finally:
+        proc.kill()
+        proc.wait()
