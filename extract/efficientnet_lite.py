@@ -111,17 +111,15 @@ class EfficientNetLite(nn.Module):
         self.act = nn.ReLU6(inplace=True)
         self._dropout = nn.Dropout(dropout)
         self._fc = nn.Linear(_HEAD, num_classes)
-        self.num_features = _HEAD
 
-    def forward_features(self, x: Tensor) -> Tensor:
-        """[B, 3, H, W] normalised input -> [B, 1280, H/32, W/32] feature map before pooling."""
-        x = self.act(self._bn0(self._conv_stem(x)))
-        for block in self._blocks:
-            x = block(x)
-        return self.act(self._bn1(self._conv_head(x)))
+    def feature_layers(self) -> nn.Sequential:
+        """The convolutional trunk as one module (sharing this network's layers): normalised [B, 3, H, W] input
+        -> [B, 1280, H/32, W/32] map before pooling. The feature extractor runs exactly this."""
+        return nn.Sequential(self._conv_stem, self._bn0, self.act, *self._blocks, self._conv_head, self._bn1, self.act)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self._fc(self._dropout(torch.flatten(F.adaptive_avg_pool2d(self.forward_features(x), 1), 1)))
+        pooled = torch.flatten(F.adaptive_avg_pool2d(self.feature_layers()(x), 1), 1)
+        return self._fc(self._dropout(pooled))
 
 
 def efficientnet_lite0() -> EfficientNetLite:
