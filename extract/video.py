@@ -89,6 +89,18 @@ class Sampling:
         if self.every_n is not None and (isinstance(self.every_n, bool) or not isinstance(self.every_n, int) or self.every_n < 1):
             raise ValueError(f"Sampling every_n must be an integer >= 1, got {self.every_n!r}")
 
+    @classmethod
+    def from_description(cls, description: dict) -> "Sampling":
+        """Inverse of describe(): rebuild the rule recorded in a store's provenance."""
+        mode = description.get("mode")
+        if mode == "fps":
+            return cls(fps=description["fps"])
+        if mode == "every_n":
+            return cls(every_n=description["n"])
+        if mode == "all":
+            return cls()
+        raise ValueError(f"unknown sampling mode {mode!r} in {description}")
+
     def describe(self) -> dict:
         """Provenance record of the sampling rule."""
         if self.fps is not None:

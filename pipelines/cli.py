@@ -1,6 +1,7 @@
 """The `vidfeat` command line: thin click commands over the library functions."""
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -11,6 +12,9 @@ from vidfeat.extract.video import Sampling
 from vidfeat.features.store import StoreError, merge_stores, open_store
 from vidfeat.pipelines import stages
 from vidfeat.pipelines.datasets import ADAPTERS, DatasetError
+from vidfeat.temporal.heads import list_heads
+from vidfeat.temporal.runs import compare_runs, evaluate_run, format_comparison, train_folds, train_run
+from vidfeat.temporal.sampling import SAMPLE_MODES
 
 # Errors a user can act on: shown as one clear message, no traceback.
 USER_ERRORS = (StoreError, DatasetError, ValueError, FileNotFoundError, RuntimeError)
@@ -106,6 +110,108 @@ def datasets() -> None:
     """List the dataset adapters and the layouts they expect."""
     for adapter in ADAPTERS.values():
         click.echo(f"{adapter.name}\n" + "\n".join(f"    {line}" for line in adapter.layout.strip().splitlines()) + "\n")
+
+
+def _parse_head_options(pairs: tuple[str, ...]) -> dict:
+    """KEY=VALUE pairs; values are JSON literals when they parse (2, 0.5, true), else strings."""
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint="--head-option")
+        try:
+            options[key.replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key.replace("-", "_")] = value
+    return options
+
+
+@main.command("train-temporal")
+@click.option("--head", required=True, type=click.Choice(list_heads()), help="Temporal head to train.")
+@click.option("--features", "features_path", required=True, type=click.Path(path_type=Path),
+              help="Feature store (.h5) written by `vidfeat extract`.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Run directory to create.")
+@click.option("--fold", default="1", show_default=True, help="Fold number, or `all` for the 3-fold protocol.")
+@click.option("--segments", default=8, show_default=True, help="K segments sampled per video.")
+@click.option("--sample-mode", type=click.Choice(SAMPLE_MODES), default="segments", show_default=True,
+              help="TSN segments (random position per segment) or random contiguous windows for training.")
+@click.option("--eval-clips", default=1, show_default=True, help="Clips averaged per video at evaluation.")
+@click.option("--epochs", type=int, help="Training epochs (default 60, early stopping on validation).")
+@click.option("--lr", type=float, help="AdamW learning rate (default 1e-3).")
+@click.option("--batch-size", type=int, help="Videos per batch (default 32).")
+@click.option("--mixup", type=float, help="Feature-level mixup alpha (default 0 = off).")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--device", help="cpu, cuda or cuda:N (default: CUDA when available).")
+@click.option("-o", "--head-option", "head_option", multiple=True, metavar="KEY=VALUE",
+              help="Head option, e.g. -o hidden=256 -o bidirectional=true (see README).")
+@click.option("--no-progress", is_flag=True)
+def train_temporal(head, features_path, out, fold, segments, sample_mode, eval_clips, epochs, lr, batch_size,
+                   mixup, seed, device, head_option, no_progress) -> None:
+    """Train a temporal head on cached features and write a run directory."""
+    train_options = {k: v for k, v in (("lr", lr), ("batch_size", batch_size), ("mixup", mixup)) if v is not None}
+    kwargs = dict(segments=segments, sample_mode=sample_mode, eval_clips=eval_clips, epochs=epochs, seed=seed,
+                  train_options=train_options, device=device, progress=not no_progress,
+                  **_parse_head_options(head_option))
+    try:
+        if fold == "all":
+            train_folds(features_path, head, out, **kwargs)
+        elif fold.isdigit():
+            train_run(features_path, head, out, fold=int(fold), **kwargs)
+        else:
+            raise click.BadParameter(f"expected a fold number or `all`, got {fold!r}", param_hint="--fold")
+    except USER_ERRORS as exc:
+        _fail(exc)
+    click.echo(format_comparison(compare_runs([out])))
+    click.echo(f"run written to {out}")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--features", "features_path", type=click.Path(path_type=Path),
+              help="Score on this store instead of the run's (its provenance must match).")
+@click.option("--device", help="cpu, cuda or cuda:N.")
+def evaluate(run_dir, features_path, device) -> None:
+    """Re-score a trained run on its test split."""
+    try:
+        metrics = evaluate_run(run_dir, features_path, device=device)
+    except USER_ERRORS as exc:
+        _fail(exc)
+    click.echo(f"{metrics['head']} fold {metrics['fold']} on {metrics['features']}: top1 {100 * metrics['top1']:.1f}  "
+               f"top5 {100 * metrics['top5']:.1f}  mean-class {100 * metrics['mean_class_accuracy']:.1f}")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("videos", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--top-k", default=5, show_default=True)
+@click.option("--weights", help="The weights file the run's features were extracted with (for sha256 weights).")
+@click.option("--device", default="auto", show_default=True)
+def predict(run_dir, videos, top_k, weights, device) -> None:
+    """Classify new videos: extract them exactly as the run's features were made, then apply the head."""
+    try:
+        predictions = stages.predict(run_dir, videos, top_k=top_k, weights=weights, device=device)
+    except USER_ERRORS as exc:
+        _fail(exc)
+    failed = 0
+    for prediction in predictions:
+        click.echo(str(prediction.video))
+        if prediction.error:
+            failed += 1
+            click.echo(f"  FAILED: {prediction.error}")
+        for name, probability in prediction.top:
+            click.echo(f"  {probability:6.1%}  {name}")
+    if failed:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+def compare(run_dirs) -> None:
+    """Table of runs: head, top1, top5, mean-class accuracy, parameters, training time."""
+    try:
+        click.echo(format_comparison(compare_runs(run_dirs)))
+    except USER_ERRORS as exc:
+        _fail(exc)
 
 
 if __name__ == "__main__":

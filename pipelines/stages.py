@@ -1,15 +1,23 @@
 """Stage wiring: dataset adapters -> extraction jobs -> the feature store. Callable from Python; the CLI is a shell."""
 from __future__ import annotations
 
+import json
 import os
+import tempfile
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
+
+from vidfeat.extract.backbones import Backbone, create_backbone
 from vidfeat.extract.runner import ExtractOptions, ExtractSummary, VideoJob, extract_videos
-from vidfeat.features.store import FeatureStore, parts_dir
+from vidfeat.extract.video import Sampling
+from vidfeat.features.store import FeatureStore, ProvenanceMismatch, open_store, parts_dir
 from vidfeat.pipelines import sample
 from vidfeat.pipelines.datasets import Dataset, dataset_from_inputs, load_dataset
+from vidfeat.temporal.runs import load_run, predict_sequences
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
 
@@ -119,3 +127,64 @@ def describe_store(store: FeatureStore) -> str:
     lines.append(f"failures: {len(failures)}")
     lines += [f"  {source}: {error}" for source, error in failures]
     return "\n".join(lines)
+
+
+def backbone_for(provenance: dict, weights: str | None = None) -> Backbone:
+    """Rebuild the backbone a store was made with, and prove it is the same one (weights and preprocessing)."""
+    recorded = provenance["weights"]
+    if recorded == "none":
+        weights = "none"  # seeded random init: reproducible
+    elif recorded.startswith("sha256:") and weights is None:
+        raise ValueError(f"these features were extracted with a weights file ({recorded}); pass it with --weights FILE")
+    backbone = create_backbone(provenance["backbone"], weights)
+    mismatches = []
+    if backbone.weights_id != recorded:
+        mismatches.append(f"  weights: recorded {recorded} vs available {backbone.weights_id}")
+    described = backbone.preprocessing.describe()
+    if json.dumps(described, sort_keys=True) != json.dumps(provenance["preprocessing"], sort_keys=True):
+        mismatches.append(f"  preprocessing: recorded {provenance['preprocessing']} vs available {described}")
+    if mismatches:
+        raise ProvenanceMismatch("cannot reproduce the features this run was trained on:\n" + "\n".join(mismatches))
+    return backbone
+
+
+@dataclass
+class Prediction:
+    video: Path
+    top: list[tuple[str, float]] = field(default_factory=list)
+    error: str = ""
+
+
+def predict(
+    run_dir: str | os.PathLike,
+    videos: Sequence[str | os.PathLike],
+    top_k: int = 5,
+    weights: str | None = None,
+    device: str = "auto",
+) -> list[Prediction]:
+    """Whole pipeline on new videos: extraction with the run's recorded backbone, preprocessing and sampling
+    (through the normal runner, so batching and failure handling are the same), then the trained head."""
+    model, config = load_run(run_dir)
+    provenance = config["features"]["provenance"]
+    backbone = backbone_for(provenance, weights)
+    options = ExtractOptions(
+        sampling=Sampling.from_description(provenance["sampling"]), device=device, dtype=provenance["dtype"],
+        progress=False,
+    )
+    jobs = [VideoJob(f"video{i:06d}", Path(v)) for i, v in enumerate(videos)]
+    with tempfile.TemporaryDirectory(prefix="vidfeat-predict-") as tmp:
+        store_path = Path(tmp) / "features.h5"
+        extract_videos(jobs, store_path, backbone, options, {"name": "predict"}, [], 0)
+        with open_store(store_path) as store:
+            sequences = {job.key: store.features(job.key) for job in jobs if job.key in store}
+            errors = {key: error for key, _, error in store.failure_records()}
+    predictions = [Prediction(job.path, error=errors.get(job.key, "")) for job in jobs]
+    if sequences:
+        proba = predict_sequences(model, config, list(sequences.values()))
+        by_key = dict(zip(sequences, proba))
+        classes = config["classes"]
+        for job, prediction in zip(jobs, predictions):
+            if job.key in by_key:
+                order = np.argsort(-by_key[job.key])[:top_k]
+                prediction.top = [(classes[i], float(by_key[job.key][i])) for i in order]
+    return predictions
