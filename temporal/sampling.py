@@ -5,8 +5,9 @@ is never silently truncated to fewer steps than it has *and* than were asked for
 
 * ``segments`` (TSN): the sequence is cut into ``k`` equal segments and one step is taken from each
   (a random one for training, the centre for evaluation). A sequence shorter than ``k`` yields
-  ``k`` indices anyway by repeating steps in order (``floor(i * length / k)``), so every step is
-  used and the order is kept; the head always sees exactly ``k`` steps.
+  ``k`` indices anyway by repeating steps in order (each segment is then shorter than a step and
+  takes the step it falls in), so every step is used and the order is kept; the head always sees
+  exactly ``k`` steps.
 * ``window``: ``k`` contiguous steps (random start for training, evenly spaced starts for
   evaluation clips). A sequence shorter than ``k`` yields all its steps; the batch collate pads it
   and the mask marks the padding.
@@ -21,7 +22,9 @@ SAMPLE_MODES = ("segments", "window", "all")
 
 def _check(length: int, k: int, clip: int, num_clips: int) -> None:
     if length < 1:
-        raise ValueError(f"cannot sample from an empty sequence (length {length}); the store holds a video with no steps")
+        raise ValueError(
+            f"cannot sample from an empty sequence (length {length}); the store holds a video with no steps"
+        )
     if k < 1:
         raise ValueError(f"the number of segments/steps must be >= 1, got {k}")
     if not 0 <= clip < num_clips:
@@ -31,14 +34,23 @@ def _check(length: int, k: int, clip: int, num_clips: int) -> None:
 def segment_indices(
     length: int, k: int, *, rng: np.random.Generator | None = None, clip: int = 0, num_clips: int = 1
 ) -> np.ndarray:
-    """TSN sampling: one step per segment; random with ``rng`` (training), else clip ``clip`` of ``num_clips``
-    evenly placed positions inside each segment (``num_clips=1`` is the segment centre)."""
+    """TSN sampling: segment i covers positions [i*length/k, (i+1)*length/k) and gives one step.
+
+    With ``rng`` (training) the step is drawn uniformly from the segment; otherwise it is the step at
+    fraction (clip + 0.5) / num_clips of the segment (``num_clips=1``: the centre), rounded away from
+    the sequence centre so the steps of a reversed sequence are exactly the reversed steps. Real-valued
+    segment bounds keep both cases symmetric under time reversal: an order-blind head cannot read the
+    direction of a video from where the samples fall.
+    """
     _check(length, k, clip, num_clips)
-    starts = np.arange(k) * length // k
-    ends = np.maximum((np.arange(k) + 1) * length // k, starts + 1)
+    offset = rng.random(k) if rng is not None else np.full(k, (clip + 0.5) / num_clips)
+    position = (np.arange(k) + offset) * length / k
     if rng is not None:
-        return rng.integers(starts, ends)
-    return starts + ((ends - starts) * (2 * clip + 1)) // (2 * num_clips)
+        index = np.floor(position)
+    else:
+        position -= 0.5  # continuous coordinate of step centres
+        index = np.where(position > (length - 1) / 2, np.floor(position + 0.5), np.ceil(position - 0.5))
+    return np.clip(index, 0, length - 1).astype(np.int64)
 
 
 def window_indices(
@@ -59,6 +71,13 @@ def window_indices(
     return np.arange(start, start + k)
 
 
+def check_sampling(mode: str, k: int, num_clips: int = 1) -> None:
+    """Validate sampling options up front, before any data is loaded."""
+    if mode not in SAMPLE_MODES:
+        raise ValueError(f"unknown sample mode {mode!r}; choose one of {', '.join(SAMPLE_MODES)}")
+    _check(1, k, 0, num_clips)
+
+
 def sample_indices(
     length: int,
     k: int,
@@ -69,11 +88,10 @@ def sample_indices(
     num_clips: int = 1,
 ) -> np.ndarray:
     """Dispatch on ``mode`` (one of ``SAMPLE_MODES``); ``rng`` set means training-time randomness."""
+    check_sampling(mode, k, num_clips)
     if mode == "segments":
         return segment_indices(length, k, rng=rng, clip=clip, num_clips=num_clips)
     if mode == "window":
         return window_indices(length, k, rng=rng, clip=clip, num_clips=num_clips)
-    if mode == "all":
-        _check(length, max(k, 1), clip, num_clips)
-        return np.arange(length)
-    raise ValueError(f"unknown sample mode {mode!r}; choose one of {', '.join(SAMPLE_MODES)}")
+    _check(length, k, clip, num_clips)
+    return np.arange(length)

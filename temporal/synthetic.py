@@ -1,0 +1,107 @@
+"""Synthetic feature stores: order-only ramps for tests and demos, random caches for benchmarks.
+
+``ramp`` stores make classes that differ *only* in temporal order: every video is a monotone ramp
+along a fixed direction ``u`` plus noise, rising for ``up`` and falling for ``down``. The set of
+feature values (and so their mean and std) has the same distribution for both classes, so
+order-blind heads (``mean``, ``logreg``) stay at chance while sequence heads can read the direction.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from vidfeat.features import VideoRecord, write_store
+
+RAMP_CLASSES = ["down", "up"]
+
+
+def _splits(index: int, n_classes: int, n_folds: int) -> tuple[str, ...]:
+    """Videos cycle through the classes; fold f tests every n_folds-th round of that cycle (a quarter with a
+    single fold), so every split holds every class equally."""
+    round_ = index // n_classes
+    if n_folds == 1:
+        return ("test" if round_ % 4 == 0 else "train",)
+    return tuple("test" if round_ % n_folds == fold else "train" for fold in range(n_folds))
+
+
+def synthetic_provenance(dim: int, classes: list[str], n_folds: int, dtype: str, name: str) -> dict:
+    """Provenance of a synthetic store, shaped like an extracted one."""
+    return {
+        "kind": "frame",
+        "backbone": "synthetic",
+        "weights": "none",
+        "feature_dim": dim,
+        "dtype": dtype,
+        "preprocessing": {},
+        "sampling": {"mode": "all"},
+        "dataset": {"name": name, "n_folds": n_folds, "classes": classes},
+        "classes": classes,
+        "n_folds": n_folds,
+    }
+
+
+def write_ramp_store(
+    path: str | os.PathLike,
+    *,
+    videos: int = 96,
+    dim: int = 16,
+    min_steps: int = 12,
+    max_steps: int = 24,
+    noise: float = 0.3,
+    n_folds: int = 1,
+    seed: int = 0,
+) -> Path:
+    """Order-only two-class store (``up``/``down`` ramps of varying length); returns ``path``."""
+    rng = np.random.default_rng(seed)
+    u = rng.standard_normal(dim)
+    u /= np.linalg.norm(u)
+    records = []
+    for i in range(videos):
+        label = RAMP_CLASSES[i % 2]
+        steps = int(rng.integers(min_steps, max_steps + 1))
+        ramp = np.linspace(-1.0, 1.0, steps)
+        if label == "down":
+            ramp = ramp[::-1]
+        feats = ramp[:, None] * u[None, :] * 2.0 + noise * rng.standard_normal((steps, dim))
+        records.append(
+            VideoRecord(
+                key=f"{label}/v{i:04d}",
+                features=feats.astype(np.float32),
+                timestamps=np.arange(steps) / 10.0,
+                frame_indices=np.arange(steps, dtype=np.int64),
+                label=label,
+                splits=_splits(i, len(RAMP_CLASSES), n_folds),
+            )
+        )
+    write_store(path, records, synthetic_provenance(dim, RAMP_CLASSES, n_folds, "float32", "ramp"))
+    return Path(path)
+
+
+def write_random_store(
+    path: str | os.PathLike,
+    *,
+    videos: int = 6766,
+    steps: int = 64,
+    dim: int = 2048,
+    classes: int = 51,
+    seed: int = 0,
+) -> Path:
+    """A float16 cache of HMDB51 size (by default) with random features and 3 folds, for throughput
+    benchmarks; the values carry no signal."""
+    rng = np.random.default_rng(seed)
+    names = [f"class{c:02d}" for c in range(classes)]
+    records = (
+        VideoRecord(
+            key=f"{names[i % classes]}/v{i:05d}",
+            features=rng.standard_normal((steps, dim), dtype=np.float32).astype(np.float16),
+            timestamps=np.arange(steps) / 25.0,
+            frame_indices=np.arange(steps, dtype=np.int64),
+            label=names[i % classes],
+            splits=_splits(i, classes, 3),
+        )
+        for i in range(videos)
+    )
+    write_store(path, records, synthetic_provenance(dim, names, 3, "float16", "random"))
+    return Path(path)
