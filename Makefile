@@ -59,4 +59,4 @@ bench: $(STAMP)
 	$(PY) -m vidfeat.extract.bench --backbone resnet50
 
 bench-train: $(STAMP)
-	$(PY) -m vidfeat.temporal.bench
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m vidfeat.temporal.bench

@@ -13,10 +13,10 @@ from vidfeat.features.store import (
     provenance_hash,
     write_store,
 )
-from vidfeat.features.loaders import SequenceDataset, load_xy, pad_collate, pool, select_keys
+from vidfeat.features.loaders import SequenceSource, StorePath, fits_in_memory, load_xy, pool, select_keys
 
 __all__ = [
     "SCHEMA_VERSION", "FeatureStore", "ProvenanceMismatch", "StoreError", "StoreLocked", "StoreWriter",
     "VideoRecord", "check_compatible", "merge_stores", "open_store", "provenance_hash", "write_store",
-    "SequenceDataset", "load_xy", "pad_collate", "pool", "select_keys",
+    "SequenceSource", "StorePath", "fits_in_memory", "load_xy", "pool", "select_keys",
 ]

@@ -1,4 +1,10 @@
-"""Loaders that turn a feature store into training data: pooled (X, y) for scikit-learn, padded sequences for torch."""
+"""Loaders that turn a feature store into training data: pooled (X, y) for scikit-learn, and a torch Dataset
+of variable-length sequences.
+
+A store is read into memory in one bulk read when it fits (an HDF5 cache of HMDB51 size does: 6,766 x 64 x
+2048 fp16 is 1.8 GB), otherwise lazily with one HDF5 handle per DataLoader worker, because h5py handles must
+not cross process boundaries.
+"""
 from __future__ import annotations
 
 import os
@@ -54,46 +60,81 @@ def load_xy(
     return x, y, keys
 
 
-class SequenceDataset(Dataset):
-    """Variable-length [T, D] float32 sequences with class indices.
+StorePath = str | os.PathLike | Sequence[str | os.PathLike]
 
-    In memory when ``in_memory`` (the default: an HMDB51-size cache fits), otherwise each DataLoader worker
-    opens its own HDF5 handle lazily, because h5py handles must not cross process boundaries.
-    """
+MEMORY_FRACTION = 0.5
+"""Load the cache into memory when it needs at most this fraction of the currently available RAM."""
 
-    def __init__(self, path: str | os.PathLike, keys: Sequence[str] | None = None, in_memory: bool = True) -> None:
-        self.path = Path(path)
-        with open_store(self.path) as store:
-            self.keys = list(keys) if keys is not None else select_keys(store)
-            class_index = {name: i for i, name in enumerate(store.classes)}
-            self.labels = [class_index[store.label(k)] if store.label(k) is not None else -1 for k in self.keys]
-            self._sequences = store.load_all(self.keys) if in_memory else None
+
+def fits_in_memory(store: FeatureStore, keys: Sequence[str]) -> bool:
+    """Whether the rows of ``keys`` take at most :data:`MEMORY_FRACTION` of the available RAM."""
+    lengths = store.lengths()
+    itemsize = np.dtype(store.attrs.get("dtype", "float32")).itemsize
+    needed = sum(lengths[k] for k in keys) * store.feature_dim * itemsize
+    available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    return needed <= MEMORY_FRACTION * available
+
+
+class SequenceSource(Dataset):
+    """Variable-length feature sequences of a list of keys: all in memory, or read on demand (one HDF5 handle
+    per process). As a torch Dataset, item ``i`` is video ``i``'s ``[T, D]`` float32 tensor, never truncated."""
+
+    def __init__(
+        self, keys: Sequence[str], *, arrays: Sequence[np.ndarray] | None = None, path: StorePath | None = None
+    ) -> None:
+        if arrays is None and path is None:
+            raise ValueError("a SequenceSource needs either the arrays or the store path to read them from")
+        self.keys = list(keys)
+        self.path, self._arrays = path, (list(arrays) if arrays is not None else None)
         self._store: FeatureStore | None = None
-        self._store_pid: int | None = None
+        self._pid: int | None = None
+
+    @classmethod
+    def from_store(cls, path: StorePath, keys: Sequence[str], in_memory: bool | None = None) -> "SequenceSource":
+        """Rows of ``keys``; ``in_memory=None`` loads them when they fit (:func:`fits_in_memory`)."""
+        with open_store(path) as store:
+            missing = [k for k in keys if k not in store]
+            if missing:
+                raise KeyError(f"{len(missing)} requested videos are not in the store, e.g. {missing[0]!r}")
+            if in_memory is None:
+                in_memory = fits_in_memory(store, keys)
+            return cls(keys, arrays=store.load_all(keys) if in_memory else None, path=path)
+
+    @classmethod
+    def from_arrays(cls, arrays: Sequence[np.ndarray], keys: Sequence[str] | None = None) -> "SequenceSource":
+        """Wrap in-memory ``[T, D]`` arrays (e.g. features just extracted for ``predict``)."""
+        keys = list(keys) if keys is not None else [str(i) for i in range(len(arrays))]
+        return cls(keys, arrays=arrays)
+
+    @property
+    def in_memory(self) -> bool:
+        return self._arrays is not None
+
+    def subset(self, keys: Sequence[str]) -> "SequenceSource":
+        """A source over some of the keys, sharing the loaded arrays (no copy)."""
+        position = {k: i for i, k in enumerate(self.keys)}
+        picked = [position[k] for k in keys]
+        arrays = [self._arrays[i] for i in picked] if self._arrays is not None else None
+        return SequenceSource(keys, arrays=arrays, path=self.path)
 
     def __len__(self) -> int:
         return len(self.keys)
 
-    def sequence(self, index: int) -> np.ndarray:
-        if self._sequences is not None:
-            return self._sequences[index]
-        if self._store is None or self._store_pid != os.getpid():
+    def get(self, index: int) -> np.ndarray:
+        """``[T, D]`` rows of video ``index`` in the stored dtype."""
+        if self._arrays is not None:
+            return self._arrays[index]
+        if self._store is None or self._pid != os.getpid():
             self._store = open_store(self.path)
-            self._store_pid = os.getpid()
+            self._pid = os.getpid()
         return self._store.features(self.keys[index])
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return torch.from_numpy(np.asarray(self.sequence(index), dtype=np.float32)), self.labels[index]
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(self.get(index), dtype=np.float32))
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_store"], state["_pid"] = None, None  # each worker opens its own handle
+        return state
 
 
-def pad_collate(batch: Sequence[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Pad to the longest sequence: (x [B, T, D], mask [B, T] True where valid, y [B]). Never truncates."""
-    lengths = [len(x) for x, _ in batch]
-    dim = batch[0][0].shape[1]
-    x = torch.zeros(len(batch), max(lengths), dim)
-    mask = torch.zeros(len(batch), max(lengths), dtype=torch.bool)
-    for i, ((sequence, _), n) in enumerate(zip(batch, lengths)):
-        x[i, :n] = sequence
-        mask[i, :n] = True
-    y = torch.tensor([label for _, label in batch], dtype=torch.long)
-    return x, mask, y

@@ -2,19 +2,26 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
-import click
+# Temporal heads run thousands of tiny ops, and libgomp's default spin-waiting adds milliseconds to each on
+# small VMs (epochs 5-10x slower); large convolutions prefer spinning. So only the commands that train or
+# score heads opt out, and this must happen before torch is imported.
+if sys.argv[1:2] and sys.argv[1] in ("train-temporal", "evaluate", "compare"):
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from vidfeat.extract.runner import PRECISIONS, ExtractOptions
-from vidfeat.extract.video import Sampling
-from vidfeat.features.store import StoreError, merge_stores, open_store
-from vidfeat.pipelines import stages
-from vidfeat.pipelines.datasets import ADAPTERS, DatasetError
-from vidfeat.temporal.heads import list_heads
-from vidfeat.temporal.runs import compare_runs, evaluate_run, format_comparison, train_folds, train_run
-from vidfeat.temporal.sampling import SAMPLE_MODES
+import click  # noqa: E402
+
+from vidfeat.extract.runner import PRECISIONS, ExtractOptions  # noqa: E402
+from vidfeat.extract.video import Sampling  # noqa: E402
+from vidfeat.features.store import StoreError, merge_stores, open_store  # noqa: E402
+from vidfeat.pipelines import stages  # noqa: E402
+from vidfeat.pipelines.datasets import ADAPTERS, DatasetError  # noqa: E402
+from vidfeat.temporal.heads import list_heads  # noqa: E402
+from vidfeat.temporal.runs import compare_runs, evaluate_run, format_comparison, train_folds, train_run  # noqa: E402
+from vidfeat.temporal.sampling import SAMPLE_MODES  # noqa: E402
 
 # Errors a user can act on: shown as one clear message, no traceback.
 USER_ERRORS = (StoreError, DatasetError, ValueError, FileNotFoundError, RuntimeError)
@@ -134,7 +141,8 @@ def _parse_head_options(pairs: tuple[str, ...]) -> dict:
 @click.option("--fold", default="1", show_default=True, help="Fold number, or `all` for the 3-fold protocol.")
 @click.option("--segments", default=8, show_default=True, help="K segments sampled per video.")
 @click.option("--sample-mode", type=click.Choice(SAMPLE_MODES), default="segments", show_default=True,
-              help="TSN segments (random position per segment) or random contiguous windows for training.")
+              help="Training sampling: TSN segments (a random position in each of K), a random contiguous window "
+                   "of K steps, or all steps (padded and masked).")
 @click.option("--eval-clips", default=1, show_default=True, help="Clips averaged per video at evaluation.")
 @click.option("--epochs", type=int, help="Training epochs (default 60, early stopping on validation).")
 @click.option("--lr", type=float, help="AdamW learning rate (default 1e-3).")

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vidfeat.features import open_store
-from vidfeat.temporal.data import SequenceDataset, SequenceSource, class_indices, fold_split
+from vidfeat.features import SequenceSource, open_store
+from vidfeat.temporal.data import SequenceDataset, class_indices, fold_split
 from vidfeat.temporal.heads import create_head, list_heads
 from vidfeat.temporal.logreg import fit_logreg
 from vidfeat.temporal.synthetic import write_random_store

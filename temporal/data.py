@@ -1,8 +1,7 @@
 """Training data for the temporal heads: fold splits, sampled sequences and padded batches.
 
-A store is read into memory in one bulk read when it fits (an HDF5 cache of HMDB51 size does:
-6,766 x 64 x 2048 fp16 is 1.8 GB), otherwise lazily with one HDF5 handle per DataLoader worker,
-because h5py handles must not cross process boundaries.
+Rows come from :class:`vidfeat.features.SequenceSource` (in memory when the cache fits, else one HDF5
+handle per DataLoader worker).
 """
 from __future__ import annotations
 
@@ -16,14 +15,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from vidfeat.features import FeatureStore, open_store, select_keys
+from vidfeat.features import FeatureStore, SequenceSource, StorePath, open_store, select_keys
 from vidfeat.temporal.sampling import check_sampling, sample_indices
-
-StorePath = str | os.PathLike | Sequence[str | os.PathLike]
-
-MEMORY_FRACTION = 0.5
-"""Load the cache into memory when it needs at most this fraction of the currently available RAM."""
-
 
 @dataclass
 class FoldSplit:
@@ -75,74 +68,6 @@ def fold_split(store: FeatureStore, fold: int = 1, val_fraction: float = 0.15, s
         return FoldSplit(parts["train"], [], parts["test"], "none")
     train, val = carve_validation(parts["train"], class_indices(store, parts["train"]), val_fraction, seed)
     return FoldSplit(train, val, parts["test"], "carved" if val else "none")
-
-
-def fits_in_memory(store: FeatureStore, keys: Sequence[str]) -> bool:
-    """Whether the rows of ``keys`` take at most :data:`MEMORY_FRACTION` of the available RAM."""
-    lengths = store.lengths()
-    itemsize = np.dtype(store.attrs.get("dtype", "float32")).itemsize
-    needed = sum(lengths[k] for k in keys) * store.feature_dim * itemsize
-    available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
-    return needed <= MEMORY_FRACTION * available
-
-
-class SequenceSource:
-    """Feature arrays of a list of keys: all in memory, or read on demand (one HDF5 handle per process)."""
-
-    def __init__(
-        self, keys: Sequence[str], *, arrays: Sequence[np.ndarray] | None = None, path: StorePath | None = None
-    ) -> None:
-        if arrays is None and path is None:
-            raise ValueError("a SequenceSource needs either the arrays or the store path to read them from")
-        self.keys = list(keys)
-        self.path, self._arrays = path, (list(arrays) if arrays is not None else None)
-        self._store: FeatureStore | None = None
-        self._pid: int | None = None
-
-    @classmethod
-    def from_store(cls, path: StorePath, keys: Sequence[str], in_memory: bool | None = None) -> "SequenceSource":
-        """Rows of ``keys``; ``in_memory=None`` loads them when they fit (:func:`fits_in_memory`)."""
-        with open_store(path) as store:
-            missing = [k for k in keys if k not in store]
-            if missing:
-                raise KeyError(f"{len(missing)} requested videos are not in the store, e.g. {missing[0]!r}")
-            if in_memory is None:
-                in_memory = fits_in_memory(store, keys)
-            return cls(keys, arrays=store.load_all(keys) if in_memory else None, path=path)
-
-    @classmethod
-    def from_arrays(cls, arrays: Sequence[np.ndarray], keys: Sequence[str] | None = None) -> "SequenceSource":
-        """Wrap in-memory ``[T, D]`` arrays (e.g. features just extracted for ``predict``)."""
-        keys = list(keys) if keys is not None else [str(i) for i in range(len(arrays))]
-        return cls(keys, arrays=arrays)
-
-    @property
-    def in_memory(self) -> bool:
-        return self._arrays is not None
-
-    def subset(self, keys: Sequence[str]) -> "SequenceSource":
-        """A source over some of the keys, sharing the loaded arrays (no copy)."""
-        position = {k: i for i, k in enumerate(self.keys)}
-        picked = [position[k] for k in keys]
-        arrays = [self._arrays[i] for i in picked] if self._arrays is not None else None
-        return SequenceSource(keys, arrays=arrays, path=self.path)
-
-    def __len__(self) -> int:
-        return len(self.keys)
-
-    def get(self, index: int) -> np.ndarray:
-        """``[T, D]`` rows of video ``index`` in the stored dtype."""
-        if self._arrays is not None:
-            return self._arrays[index]
-        if self._store is None or self._pid != os.getpid():
-            self._store = open_store(self.path)
-            self._pid = os.getpid()
-        return self._store.features(self.keys[index])
-
-    def __getstate__(self) -> dict:
-        state = dict(self.__dict__)
-        state["_store"], state["_pid"] = None, None  # each worker opens its own handle
-        return state
 
 
 class SequenceDataset(Dataset):

@@ -30,12 +30,10 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
-from vidfeat.features import ProvenanceMismatch, open_store, select_keys
+from vidfeat.features import ProvenanceMismatch, SequenceSource, StorePath, open_store, select_keys
 from vidfeat.features.store import IDENTITY_FIELDS
 from vidfeat.temporal.data import (
     SequenceDataset,
-    SequenceSource,
-    StorePath,
     class_indices,
     fold_split,
     resolve_store_path,

@@ -14,7 +14,7 @@ import torch
 
 from vidfeat.features import (
     ProvenanceMismatch,
-    SequenceDataset,
+    SequenceSource,
     StoreError,
     StoreLocked,
     StoreWriter,
@@ -22,7 +22,6 @@ from vidfeat.features import (
     load_xy,
     merge_stores,
     open_store,
-    pad_collate,
     write_store,
 )
 
@@ -223,16 +222,18 @@ def test_stale_source_is_detected(tmp_path):
         assert writer.is_stale("v", video)
 
 
-def test_loaders_pool_and_pad_without_truncating(tmp_path):
+def test_loaders_pool_for_sklearn_and_give_whole_sequences_to_torch(tmp_path):
     path = tmp_path / "s.h5"
     records = [record(f"k{i}", 2 + i, i, "ab"[i % 2], ("train" if i < 3 else "test", None, None)) for i in range(5)]
     write_store(path, records, PROVENANCE)
     x, y, keys = load_xy(path, split="train", pooling="meanstd")
     assert x.shape == (3, 12) and y.tolist() == [0, 1, 0] and keys == ["k0", "k1", "k2"]
     np.testing.assert_allclose(x[1, :6], records[1].features.astype(np.float16).astype(np.float32).mean(0), rtol=1e-6)
+    keys = [r.key for r in records]
     for in_memory in (True, False):
-        ds = SequenceDataset(path, in_memory=in_memory)
-        xb, mask, yb = pad_collate([ds[0], ds[4]])
-        assert xb.shape == (2, 6, 6) and mask.sum(1).tolist() == [2, 6] and yb.tolist() == [0, 0]
-        assert torch.equal(xb[1, :6], torch.from_numpy(records[4].features.astype(np.float16).astype(np.float32)))
-        assert (xb[0, 2:] == 0).all()
+        source = SequenceSource.from_store(path, keys, in_memory=in_memory)
+        assert source.in_memory == in_memory
+        loader = torch.utils.data.DataLoader(source, batch_size=None, num_workers=0 if in_memory else 1)
+        for r, item in zip(records, loader):
+            assert item.dtype == torch.float32 and item.shape == (len(r.features), 6)  # never truncated
+            assert torch.equal(item, torch.from_numpy(r.features.astype(np.float16).astype(np.float32)))

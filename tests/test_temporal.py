@@ -16,10 +16,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from vidfeat.features import ProvenanceMismatch, VideoRecord, open_store, write_store
+from vidfeat.features import ProvenanceMismatch, SequenceSource, VideoRecord, open_store, write_store
 from vidfeat.temporal.data import (
     SequenceDataset,
-    SequenceSource,
     carve_validation,
     class_indices,
     collate,
