@@ -35,6 +35,8 @@ IDENTITY_FIELDS = (
 )
 _JSON_FIELDS = ("preprocessing", "sampling", "window", "rois", "classes", "software")
 _STR = h5py.string_dtype("utf-8")
+# Per-row region datasets, present when the store was extracted with --rois.
+ROI_DATASETS = ("roi_features", "boxes", "roi_mask")
 # Per-video columns of /videos besides key/start/length, with their on-disk types.
 _VIDEO_COLUMNS = {
     "label": np.int32, "split": np.uint8, "source": _STR, "source_size": np.int64, "source_mtime": np.float64,
@@ -71,6 +73,9 @@ class VideoRecord:
     expected_frames: int = -1
     partial: str = ""
     frame_ranges: np.ndarray | None = None
+    roi_features: np.ndarray | None = None
+    boxes: np.ndarray | None = None
+    roi_mask: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.features)
@@ -189,6 +194,7 @@ class _File:
             expected_frames=self.video_field("expected_frames", i),
             partial=self.video_field("partial", i),
             frame_ranges=self.rows("frame_ranges", i) if "frame_ranges" in self.h5 else None,
+            **({name: self.rows(name, i) for name in ROI_DATASETS} if "roi_features" in self.h5 else {}),
         )
 
     def close(self) -> None:
@@ -280,6 +286,13 @@ class FeatureStore:
         """First and last source frame of each clip window ([T, 2]); None for per-frame stores."""
         file, i = self._locate(key)
         return file.rows("frame_ranges", i) if "frame_ranges" in file.h5 else None
+
+    def rois(self, key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """(roi_features [T, R, Dr], boxes [T, R, 4] in [0, 1] as x1 y1 x2 y2, roi_mask [T, R]); None without RoIs."""
+        file, i = self._locate(key)
+        if "roi_features" not in file.h5:
+            return None
+        return tuple(file.rows(name, i) for name in ROI_DATASETS)
 
     def label(self, key: str) -> str | None:
         file, i = self._locate(key)
@@ -412,6 +425,14 @@ def _write_file(
         stamps = f.create_dataset("timestamps", shape=(total,), dtype=np.float64)
         indices = f.create_dataset("frame_indices", shape=(total,), dtype=np.int64)
         ranges = f.create_dataset("frame_ranges", shape=(total, 2), dtype=np.int64) if has_ranges else None
+        rois = provenance.get("rois")
+        if rois is not None:
+            slots, roi_dim = int(rois["max_rois"]), int(rois["feature_dim"])
+            region = {
+                "roi_features": f.create_dataset("roi_features", shape=(total, slots, roi_dim), dtype=dtype),
+                "boxes": f.create_dataset("boxes", shape=(total, slots, 4), dtype=np.float32),
+                "roi_mask": f.create_dataset("roi_mask", shape=(total, slots), dtype=bool),
+            }
         for key, start, n in zip(keys, starts, lengths):
             r = load(key)
             if r.features.shape != (n, dim):
@@ -428,6 +449,13 @@ def _write_file(
                 if r.frame_ranges is None:
                     raise StoreError(f"{r.key!r}: clip stores need frame_ranges for every window")
                 ranges[rows] = r.frame_ranges
+            if rois is not None:
+                for name, dataset in region.items():
+                    value = getattr(r, name)
+                    if value is None or value.shape != (n, *dataset.shape[1:]):
+                        raise StoreError(f"{key!r}: {name} of shape {None if value is None else value.shape}, "
+                                         f"expected {(int(n), *dataset.shape[1:])} (this store has RoIs)")
+                    dataset[rows] = value
             columns["label"].append(class_index.get(r.label, -1))
             columns["split"].append([SPLIT_CODES[s] for s in r.splits])
             for name in list(_VIDEO_COLUMNS)[2:]:

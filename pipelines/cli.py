@@ -119,13 +119,13 @@ def datasets() -> None:
         click.echo(f"{adapter.name}\n" + "\n".join(f"    {line}" for line in adapter.layout.strip().splitlines()) + "\n")
 
 
-def _parse_head_options(pairs: tuple[str, ...]) -> dict:
+def _parse_key_values(pairs: tuple[str, ...], option: str) -> dict:
     """KEY=VALUE pairs; values are JSON literals when they parse (2, 0.5, true), else strings."""
     options = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise click.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint="--head-option")
+            raise click.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint=option)
         try:
             options[key.replace("-", "_")] = json.loads(value)
         except json.JSONDecodeError:
@@ -152,14 +152,19 @@ def _parse_head_options(pairs: tuple[str, ...]) -> dict:
 @click.option("--device", help="cpu, cuda or cuda:N (default: CUDA when available).")
 @click.option("-o", "--head-option", "head_option", multiple=True, metavar="KEY=VALUE",
               help="Head option, e.g. -o hidden=256 -o bidirectional=true (see README).")
+@click.option("-t", "--train-option", "train_option", multiple=True, metavar="KEY=VALUE",
+              help="Training option, e.g. -t weight_decay=0.01 -t label_smoothing=0 -t fc_lr_mult=5 (see README).")
+@click.option("--val-fraction", default=0.15, show_default=True,
+              help="Share of train carved out (stratified, seeded) for validation when the dataset has no val split.")
 @click.option("--no-progress", is_flag=True)
 def train_temporal(head, features_path, out, fold, segments, sample_mode, eval_clips, epochs, lr, batch_size,
-                   mixup, seed, device, head_option, no_progress) -> None:
+                   mixup, seed, device, head_option, train_option, val_fraction, no_progress) -> None:
     """Train a temporal head on cached features and write a run directory."""
-    train_options = {k: v for k, v in (("lr", lr), ("batch_size", batch_size), ("mixup", mixup)) if v is not None}
+    train_options = _parse_key_values(train_option, "--train-option")
+    train_options.update({k: v for k, v in (("lr", lr), ("batch_size", batch_size), ("mixup", mixup)) if v is not None})
     kwargs = dict(segments=segments, sample_mode=sample_mode, eval_clips=eval_clips, epochs=epochs, seed=seed,
-                  train_options=train_options, device=device, progress=not no_progress,
-                  **_parse_head_options(head_option))
+                  train_options=train_options, device=device, progress=not no_progress, val_fraction=val_fraction,
+                  **_parse_key_values(head_option, "--head-option"))
     try:
         if fold == "all":
             train_folds(features_path, head, out, **kwargs)

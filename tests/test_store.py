@@ -237,3 +237,24 @@ def test_loaders_pool_for_sklearn_and_give_whole_sequences_to_torch(tmp_path):
         for r, item in zip(records, loader):
             assert item.dtype == torch.float32 and item.shape == (len(r.features), 6)  # never truncated
             assert torch.equal(item, torch.from_numpy(r.features.astype(np.float16).astype(np.float32)))
+
+
+def test_region_features_round_trip_with_masks(tmp_path):
+    provenance = {**PROVENANCE, "rois": {"source": "grid:2x2", "max_rois": 5, "feature_dim": 6}}
+    rng = np.random.default_rng(0)
+    r = record("v", 3, 1)
+    r.roi_features = rng.normal(size=(3, 5, 6)).astype(np.float32)
+    r.boxes = rng.uniform(size=(3, 5, 4)).astype(np.float32)
+    r.roi_mask = np.array([[1, 1, 1, 0, 0]] * 3, dtype=bool)
+    write_store(tmp_path / "r.h5", [r], provenance)
+    with open_store(tmp_path / "r.h5") as s:
+        feats, boxes, mask = s.rois("v")
+        np.testing.assert_array_equal(feats, r.roi_features.astype(np.float16))
+        np.testing.assert_array_equal(boxes, r.boxes)
+        assert mask.tolist() == r.roi_mask.tolist()
+        assert s.attrs["rois"]["source"] == "grid:2x2"
+    with pytest.raises(StoreError, match="roi_features of shape None"):
+        write_store(tmp_path / "missing.h5", [record("w", 3, 1)], provenance)
+    write_store(tmp_path / "plain.h5", [record("w", 3, 1)], PROVENANCE)
+    with open_store(tmp_path / "plain.h5") as s:
+        assert s.rois("w") is None
