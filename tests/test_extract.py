@@ -1,4 +1,5 @@
 """Extraction end to end through the CLI: datasets, bad inputs, kill -9 / Ctrl-C resume, locking and mixing."""
+import json
 import os
 import signal
 import subprocess
@@ -195,3 +196,18 @@ def test_second_writer_on_the_same_store_is_refused(many_videos, tmp_path):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_three_fold_protocol_on_an_hmdb51_shaped_tree(hmdb, tmp_path):
+    store = tmp_path / "hmdb.h5"
+    run_cli("extract", "--dataset", "hmdb51", "--data-root", hmdb.root, "--out", store, "--allow-failures")
+    result = run_cli("train-temporal", "--head", "mean", "--features", store, "--fold", "all", "--epochs", "3",
+                     "--segments", "2", "--out", tmp_path / "run", "--no-progress")
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert [row["fold"] for row in summary["folds"]] == [1, 2, 3]
+    for fold in (1, 2, 3):
+        assert (tmp_path / "run" / f"fold{fold}" / "metrics.json").exists()
+    assert set(summary["mean"]) >= {"top1", "top5", "mean_class_accuracy"} and "top1" in summary["std"]
+    table = run_cli("compare", tmp_path / "run")
+    assert table.exit_code == 0 and "±" in table.output
