@@ -66,10 +66,10 @@ def main() -> None:
         jobs = [VideoJob(f"clip{i}", clip) for i in range(copies)]
         options = ExtractOptions(sampling=Sampling(), device="cpu", batch_size=batch_size, progress=False)
         summary = extract_videos(jobs, Path(tmp) / "bench.h5", backbone, options, {"name": "bench"}, [], 0)
-    end_to_end = summary.frames_per_second
+    end_to_end = summary.rows_per_second
     print(f"decode + scale only : {decode:8.1f} frames/s")
     print(f"model only          : {model:8.1f} frames/s")
-    print(f"end to end          : {end_to_end:8.1f} frames/s ({summary.frames} frames, {copies} videos)")
+    print(f"end to end          : {end_to_end:8.1f} frames/s ({summary.rows} frames, {copies} videos)")
     print(f"end-to-end / model  : {end_to_end / model:8.2f}  (target >= 0.90)")
     print(f"decode / model      : {decode / model:8.1f}x headroom")
 

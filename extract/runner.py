@@ -15,7 +15,6 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -23,6 +22,7 @@ from tqdm import tqdm
 
 from vidfeat.extract.backbones import Backbone, create_backbone
 from vidfeat.extract.video import Sampling, VideoError, VideoReader, backend_versions
+from vidfeat.extract.windows import Row, Windowing, frame_rows, window_rows
 from vidfeat.features.store import StoreWriter, VideoRecord
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
@@ -41,6 +41,8 @@ class VideoJob:
 @dataclass
 class ExtractOptions:
     sampling: Sampling = field(default_factory=Sampling)
+    clip_len: int | None = None      # clip backbones: frames per window (default: what the weights expect)
+    clip_stride: int | None = None   # clip backbones: frames between window starts (default: the backbone's)
     device: str = "auto"
     batch_size: int | None = None
     workers: int = 2
@@ -57,7 +59,7 @@ class ExtractSummary:
     total: int = 0
     already_done: int = 0
     extracted: int = 0
-    frames: int = 0
+    rows: int = 0
     seconds: float = 0.0
     failures: list[tuple[str, str]] = field(default_factory=list)
     partial: list[tuple[str, str]] = field(default_factory=list)
@@ -66,10 +68,11 @@ class ExtractSummary:
     interrupted: bool = False
     device: str = ""
     batch_size: int = 0
+    unit: str = "frames"  # what a row is: a frame, or a clip window
 
     @property
-    def frames_per_second(self) -> float:
-        return self.frames / self.seconds if self.seconds > 0 else 0.0
+    def rows_per_second(self) -> float:
+        return self.rows / self.seconds if self.seconds > 0 else 0.0
 
 
 def resolve_device(name: str) -> torch.device:
@@ -95,9 +98,21 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return {"auto": torch.float16, "fp16": torch.float16, "bf16": torch.bfloat16, "fp32": None}[precision]
 
 
-def default_batch_size(device: torch.device) -> int:
-    """8 is the measured sweet spot with channels_last on a 2-core CPU; GPUs want far bigger batches."""
+def default_batch_size(device: torch.device, kind: str = "frame") -> int:
+    """Frames: 8 is the measured sweet spot with channels_last on a 2-core CPU; GPUs want far bigger batches.
+    Clip windows are tens of frames each, so a few make a batch."""
+    if kind == "clip":
+        return 16 if device.type == "cuda" else 2
     return 128 if device.type == "cuda" else 8
+
+
+def windowing_for(backbone: Backbone, options: ExtractOptions) -> Windowing | None:
+    """The sliding-window config of a clip backbone (None for per-frame backbones)."""
+    if backbone.kind != "clip":
+        if options.clip_len is not None or options.clip_stride is not None:
+            raise ValueError(f"--clip-len/--clip-stride apply to clip backbones; {backbone.name} works per frame")
+        return None
+    return Windowing(options.clip_len or backbone.clip_len, options.clip_stride or backbone.default_stride)
 
 
 def software_versions() -> dict:
@@ -109,10 +124,13 @@ def software_versions() -> dict:
     }
 
 
-def build_provenance(backbone: Backbone, options: ExtractOptions, dataset: dict, classes: list[str], n_folds: int) -> dict:
+def build_provenance(
+    backbone: Backbone, options: ExtractOptions, windowing: Windowing | None, dataset: dict, classes: list[str], n_folds: int
+) -> dict:
     """Everything that defines what the stored numbers mean, plus how and where they were made."""
     return {
         "kind": backbone.kind,
+        "window": windowing.describe() if windowing is not None else None,
         "backbone": backbone.name,
         "weights": backbone.weights_id,
         "feature_dim": backbone.extractor.feature_dim,
@@ -132,6 +150,7 @@ class _Video:
     job: VideoJob
     timestamps: list[np.ndarray] = field(default_factory=list)
     indices: list[np.ndarray] = field(default_factory=list)
+    ranges: list[np.ndarray] = field(default_factory=list)
     features: list[np.ndarray] = field(default_factory=list)
     queued: int = 0
     done: int = 0
@@ -145,11 +164,15 @@ _END = object()
 
 
 class _Decoder:
-    """Background decode threads feeding (video id, chunk) messages into a bounded queue."""
+    """Background decode threads feeding (video id, chunk of rows) messages into a bounded queue."""
 
-    def __init__(self, jobs: list[VideoJob], backbone: Backbone, sampling: Sampling, workers: int, chunk: int) -> None:
+    def __init__(
+        self, jobs: list[VideoJob], backbone: Backbone, sampling: Sampling, windowing: Windowing | None,
+        workers: int, chunk: int,
+    ) -> None:
         self.geometry = backbone.preprocessing.geometry()
         self.sampling = sampling
+        self.windowing = windowing
         self.chunk = chunk
         self.todo: queue.Queue = queue.Queue()
         for i, job in enumerate(jobs):
@@ -181,16 +204,15 @@ class _Decoder:
     def _decode(self, vid: int, job: VideoJob) -> None:
         try:
             reader = VideoReader(job.path, self.sampling, self.geometry)
-            frames, stamps, indices = [], [], []
-            for frame in reader:
-                frames.append(frame.rgb)
-                stamps.append(frame.timestamp)
-                indices.append(frame.index)
-                if len(frames) == self.chunk:
-                    if not self._put(("frames", vid, np.stack(frames), np.array(stamps), np.array(indices))):
+            rows = frame_rows(reader) if self.windowing is None else window_rows(reader, self.windowing)
+            chunk: list[Row] = []
+            for row in rows:
+                chunk.append(row)
+                if len(chunk) == self.chunk:
+                    if not self._put(self._rows_message(vid, chunk)):
                         return
-                    frames, stamps, indices = [], [], []
-            if frames and not self._put(("frames", vid, np.stack(frames), np.array(stamps), np.array(indices))):
+                    chunk = []
+            if chunk and not self._put(self._rows_message(vid, chunk)):
                 return
             expected = reader.info.expected_frames
             self._put(("end", vid, reader.decoded_frames, -1 if expected is None else expected,
@@ -199,6 +221,13 @@ class _Decoder:
             self._put(("error", vid, str(exc)))
         except Exception as exc:  # a decoder bug on one file must not end the run
             self._put(("error", vid, f"unexpected {type(exc).__name__}: {exc}"))
+
+    @staticmethod
+    def _rows_message(vid: int, rows: list[Row]) -> tuple:
+        return (
+            "rows", vid, np.stack([r.pixels for r in rows]), np.array([r.timestamp for r in rows]),
+            np.array([r.index for r in rows]), np.array([(r.first, r.last) for r in rows], dtype=np.int64),
+        )
 
     def messages(self):
         finished = 0
@@ -243,18 +272,19 @@ def extract_videos(
     classes: list[str],
     n_folds: int,
     weights: str | None = None,
-    on_batch: Callable[[int], None] | None = None,
 ) -> ExtractSummary:
     """Extract every job not already in the store at ``out``; returns what happened, never raises per video."""
     if isinstance(backbone, str):
         backbone = create_backbone(backbone, weights)
     device = resolve_device(options.device)
     autocast_dtype(options.precision, device)
-    batch_size = options.batch_size or default_batch_size(device)
+    batch_size = options.batch_size or default_batch_size(device, backbone.kind)
     if batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
-    provenance = build_provenance(backbone, options, dataset, classes, n_folds)
-    summary = ExtractSummary(out=Path(out), total=len(jobs), device=str(device), batch_size=batch_size)
+    windowing = windowing_for(backbone, options)
+    provenance = build_provenance(backbone, options, windowing, dataset, classes, n_folds)
+    summary = ExtractSummary(out=Path(out), total=len(jobs), device=str(device), batch_size=batch_size,
+                             unit="frames" if windowing is None else "windows")
 
     with StoreWriter(out, provenance) as writer:
         todo = []
@@ -267,7 +297,7 @@ def extract_videos(
                 summary.stale += job.key in writer.done
                 todo.append(job)
         if todo:
-            _run(todo, writer, backbone, device, batch_size, options, summary, on_batch)
+            _run(todo, writer, backbone, windowing, device, batch_size, options, summary)
     return summary
 
 
@@ -275,17 +305,17 @@ def _run(
     jobs: list[VideoJob],
     writer: StoreWriter,
     backbone: Backbone,
+    windowing: Windowing | None,
     device: torch.device,
     batch_size: int,
     options: ExtractOptions,
     summary: ExtractSummary,
-    on_batch: Callable[[int], None] | None,
 ) -> None:
     model = _Model(backbone, device, options.precision)
     videos = {i: _Video(job) for i, job in enumerate(jobs)}
-    decoder = _Decoder(jobs, backbone, options.sampling, options.workers, chunk=batch_size)
-    pending: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []
-    pending_frames = 0
+    decoder = _Decoder(jobs, backbone, options.sampling, windowing, options.workers, chunk=batch_size)
+    pending: list[tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+    pending_rows = 0
     bar = tqdm(total=len(jobs), unit="video", disable=not options.progress, dynamic_ncols=True)
     start = time.perf_counter()
 
@@ -313,6 +343,7 @@ def _run(
                 features=np.concatenate(video.features),
                 timestamps=np.concatenate(video.timestamps),
                 frame_indices=np.concatenate(video.indices),
+                frame_ranges=np.concatenate(video.ranges) if windowing is not None else None,
                 label=video.job.label,
                 splits=video.job.splits,
                 source=str(video.job.path),
@@ -329,45 +360,43 @@ def _run(
         writer.commit()
 
     def run_batch(take: int) -> None:
-        nonlocal pending, pending_frames
+        nonlocal pending, pending_rows
         chunks, taken = [], 0
         while taken < take:
-            vid, frames, stamps, indices = pending[0]
-            n = min(take - taken, len(frames))
-            chunks.append((vid, frames[:n], stamps[:n], indices[:n]))
-            if n == len(frames):
+            vid, *arrays = pending[0]
+            n = min(take - taken, len(arrays[0]))
+            chunks.append((vid, *(a[:n] for a in arrays)))
+            if n == len(arrays[0]):
                 pending.pop(0)
             else:
-                pending[0] = (vid, frames[n:], stamps[n:], indices[n:])
+                pending[0] = (vid, *(a[n:] for a in arrays))
             taken += n
-        pending_frames -= taken
+        pending_rows -= taken
         features = model(np.concatenate([c[1] for c in chunks]))
         offset = 0
-        for vid, frames, stamps, indices in chunks:
+        for vid, frames, stamps, indices, ranges in chunks:
             video = videos[vid]
             n = len(frames)
             video.features.append(features[offset:offset + n].astype(options.dtype))
             video.timestamps.append(stamps)
             video.indices.append(indices)
+            video.ranges.append(ranges)
             video.done += n
             offset += n
-        summary.frames += taken
+        summary.rows += taken
         elapsed = time.perf_counter() - start
-        bar.set_postfix_str(f"{summary.frames / elapsed:.1f} frames/s", refresh=False)
-        if on_batch is not None:
-            on_batch(taken)
+        bar.set_postfix_str(f"{summary.rows / elapsed:.1f} {summary.unit}/s", refresh=False)
         finish_ready()
 
     try:
         for message in decoder.messages():
             kind, vid = message[0], message[1]
             video = videos[vid]
-            if kind == "frames":
-                _, _, frames, stamps, indices = message
-                video.queued += len(frames)
-                pending.append((vid, frames, stamps, indices))
-                pending_frames += len(frames)
-                while pending_frames >= batch_size:
+            if kind == "rows":
+                video.queued += len(message[2])
+                pending.append((vid, *message[2:]))
+                pending_rows += len(message[2])
+                while pending_rows >= batch_size:
                     run_batch(batch_size)
             elif kind == "end":
                 _, _, video.decoded_frames, video.expected_frames, video.partial = message
@@ -376,12 +405,12 @@ def _run(
             else:
                 fail(video, message[2])
                 pending = [p for p in pending if p[0] != vid]
-                pending_frames = sum(len(p[1]) for p in pending)
+                pending_rows = sum(len(p[1]) for p in pending)
                 video.queued = video.done
                 ended.add(vid)
                 finish_ready()
-        while pending_frames:
-            run_batch(min(batch_size, pending_frames))
+        while pending_rows:
+            run_batch(min(batch_size, pending_rows))
         finish_ready()
     except KeyboardInterrupt:
         summary.interrupted = True

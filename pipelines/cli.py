@@ -47,6 +47,8 @@ def main() -> None:
 @click.option("--weights", help="Weights file (state_dict), or `none` for random init. Default: pretrained.")
 @click.option("--fps", type=float, help="Resample to at most F frames/s. Default: every frame.")
 @click.option("--every-n", type=int, help="Keep every N-th frame (instead of --fps).")
+@click.option("--clip-len", type=int, help="Clip backbones: sampled frames per window (default: the weights').")
+@click.option("--clip-stride", type=int, help="Clip backbones: frames between window starts (default: the backbone's).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--batch-size", type=int, help="Frames per batch, across video boundaries. Default: 8 on CPU, 128 on CUDA.")
 @click.option("--workers", default=2, show_default=True, help="Background decode threads.")
@@ -59,12 +61,13 @@ def main() -> None:
 @click.option("--strict", is_flag=True, help="Treat partially decodable (truncated) videos as failures.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the `folder` adapter's split.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
-def extract(inputs, out, dataset, data_root, list_file, backbone, weights, fps, every_n, device, batch_size,
-            workers, precision, dtype, allow_failures, skip_failed, strict, seed, no_progress) -> None:
+def extract(inputs, out, dataset, data_root, list_file, backbone, weights, fps, every_n, clip_len, clip_stride,
+            device, batch_size, workers, precision, dtype, allow_failures, skip_failed, strict, seed, no_progress) -> None:
     """Extract features of INPUT videos/directories, or of --dataset NAME --data-root DIR, into --out."""
     try:
         options = ExtractOptions(
-            sampling=Sampling(fps=fps, every_n=every_n), device=device, batch_size=batch_size, workers=workers,
+            sampling=Sampling(fps=fps, every_n=every_n), clip_len=clip_len, clip_stride=clip_stride, device=device,
+            batch_size=batch_size, workers=workers,
             precision=precision, dtype=dtype, strict=strict, skip_failed=skip_failed, progress=not no_progress,
         )
         summary = stages.extract(

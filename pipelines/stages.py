@@ -81,9 +81,9 @@ def format_summary(summary: ExtractSummary) -> str:
         f"{len(summary.failures)} failed" + (f", {summary.skipped_failed} earlier failures skipped" if summary.skipped_failed else "")
         + (f", {summary.stale} re-extracted because the source changed" if summary.stale else ""),
     ]
-    if summary.frames:
+    if summary.rows:
         lines.append(
-            f"frames: {summary.frames} in {summary.seconds:.1f} s = {summary.frames_per_second:.1f} frames/s "
+            f"{summary.unit}: {summary.rows} in {summary.seconds:.1f} s = {summary.rows_per_second:.1f} {summary.unit}/s "
             f"(device {summary.device}, batch {summary.batch_size})"
         )
     for key, reason in summary.partial:

@@ -1,0 +1,37 @@
+"""Sliding clip windows: regular windows, looped short videos, a covered tail, exact frame ranges."""
+import numpy as np
+import pytest
+
+from vidfeat.extract.video import Frame
+from vidfeat.extract.windows import Windowing, frame_rows, window_rows
+
+
+def frames(n: int) -> list[Frame]:
+    return [Frame(np.full((2, 2, 3), i, np.uint8), i / 10, i) for i in range(n)]
+
+
+def test_regular_windows_and_the_tail_is_covered():
+    rows = list(window_rows(frames(10), Windowing(clip_len=4, stride=3)))
+    assert [(r.first, r.last) for r in rows] == [(0, 3), (3, 6), (6, 9)]
+    rows = list(window_rows(frames(11), Windowing(clip_len=4, stride=3)))
+    assert [(r.first, r.last) for r in rows] == [(0, 3), (3, 6), (6, 9), (7, 10)]
+    window = rows[1]
+    assert window.pixels.shape == (4, 2, 2, 3) and window.pixels[:, 0, 0, 0].tolist() == [3, 4, 5, 6]
+    assert window.timestamp == pytest.approx(0.45) and window.index == 5
+
+
+def test_short_videos_are_looped_to_a_full_window():
+    (row,) = window_rows(frames(3), Windowing(clip_len=8, stride=4))
+    assert row.pixels[:, 0, 0, 0].tolist() == [0, 1, 2, 0, 1, 2, 0, 1]
+    assert (row.first, row.last, row.index) == (0, 2, 1) and row.timestamp == pytest.approx(0.1)
+    assert list(window_rows([], Windowing(4, 2))) == []
+
+
+def test_frame_rows_are_the_frames_themselves():
+    rows = list(frame_rows(frames(3)))
+    assert [(r.index, r.first, r.last, r.timestamp) for r in rows] == [(i, i, i, i / 10) for i in range(3)]
+
+
+def test_bad_window_config_is_refused():
+    with pytest.raises(ValueError, match="--clip-len and --clip-stride must be >= 1"):
+        Windowing(0, 1)
