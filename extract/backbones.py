@@ -86,6 +86,10 @@ class FeatureExtractor(nn.Module):
         self.eval()
 
     def forward(self, frames_uint8_nhwc: Tensor) -> Tensor:
+        return self.feature_map(frames_uint8_nhwc).mean(dim=(2, 3))
+
+    def feature_map(self, frames_uint8_nhwc: Tensor) -> Tensor:
+        """The last spatial map [B, D, h, w] before global pooling: what region (RoI) features are pooled from."""
         frames = frames_uint8_nhwc
         if frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
             raise ValueError(
@@ -93,7 +97,7 @@ class FeatureExtractor(nn.Module):
                 "pass decoded RGB frames stacked along a new first axis"
             )
         x = frames.permute(0, 3, 1, 2).float().div_(255).sub_(self.mean).div_(self.std)
-        return self.body(x).mean(dim=(2, 3))
+        return self.body(x)
 
     def classify(self, features: Tensor) -> Tensor:
         """Logits of the classifier head the weights came with (its dropout is inactive in eval), for sanity checks."""
@@ -298,3 +302,13 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def load_detector(name: str, weights: str | None = None) -> tuple[nn.Module, str, list[str]]:
+    """A torchvision detector for RoI boxes, with the same weight rules as backbones (cache, file or none)."""
+    default = torchvision.models.get_model_weights(name).DEFAULT
+    net, weights_id = _network(
+        name, lambda: torchvision.models.get_model(name, weights=None, weights_backbone=None), weights,
+        default_file=lambda: _torch_hub_file(name, default.url), default_id=str(default),
+    )
+    return net, weights_id, list(default.meta["categories"])

@@ -21,7 +21,8 @@ import torch
 from tqdm import tqdm
 
 from vidfeat.extract.backbones import Backbone, create_backbone
-from vidfeat.extract.video import Sampling, VideoError, VideoReader, backend_versions
+from vidfeat.extract.rois import ROI_OUTPUT_SIZE, BoxSource, parse_roi_source, pool_regions
+from vidfeat.extract.video import Geometry, Sampling, VideoError, VideoReader, backend_versions
 from vidfeat.extract.windows import Row, Windowing, frame_rows, window_rows
 from vidfeat.features.store import StoreWriter, VideoRecord
 
@@ -43,6 +44,12 @@ class ExtractOptions:
     sampling: Sampling = field(default_factory=Sampling)
     clip_len: int | None = None      # clip backbones: frames per window (default: what the weights expect)
     clip_stride: int | None = None   # clip backbones: frames between window starts (default: the backbone's)
+    rois: str | None = None          # region boxes: file:BOXES.csv | grid:RxC | detector:NAME
+    max_rois: int | None = None      # R region slots per row (padded and masked)
+    roi_size: int | None = None      # short side of the full, uncropped frame when regions are extracted
+    roi_score_threshold: float = 0.5
+    roi_classes: tuple[str, ...] = ()
+    detector_weights: str | None = None
     device: str = "auto"
     batch_size: int | None = None
     workers: int = 2
@@ -124,18 +131,33 @@ def software_versions() -> dict:
     }
 
 
+def input_geometry(backbone: Backbone, options: ExtractOptions) -> Geometry:
+    """The weights' own resize/crop; with regions, the whole frame (no crop) so boxes near the border survive."""
+    geometry = backbone.preprocessing.geometry()
+    if options.rois is None:
+        if options.roi_size is not None:
+            raise ValueError("--roi-size only applies with --rois")
+        return geometry
+    return Geometry(options.roi_size or geometry.resize, None, geometry.interpolation)
+
+
 def build_provenance(
-    backbone: Backbone, options: ExtractOptions, windowing: Windowing | None, dataset: dict, classes: list[str], n_folds: int
+    backbone: Backbone, options: ExtractOptions, windowing: Windowing | None, boxes: BoxSource | None,
+    geometry: Geometry, dataset: dict, classes: list[str], n_folds: int,
 ) -> dict:
     """Everything that defines what the stored numbers mean, plus how and where they were made."""
+    preprocessing = {**backbone.preprocessing.describe(), "resize": geometry.resize, "crop": geometry.crop}
     return {
         "kind": backbone.kind,
         "window": windowing.describe() if windowing is not None else None,
+        "rois": {**boxes.describe(), "feature_dim": backbone.extractor.feature_dim,
+                 "pooling": f"roi_align {ROI_OUTPUT_SIZE}x{ROI_OUTPUT_SIZE} on the last map, then max"}
+        if boxes is not None else None,
         "backbone": backbone.name,
         "weights": backbone.weights_id,
         "feature_dim": backbone.extractor.feature_dim,
         "dtype": options.dtype,
-        "preprocessing": backbone.preprocessing.describe(),
+        "preprocessing": preprocessing,
         "sampling": options.sampling.describe(),
         "dataset": dataset.get("name"),
         "dataset_root": str(dataset.get("root", "")),
@@ -151,6 +173,7 @@ class _Video:
     timestamps: list[np.ndarray] = field(default_factory=list)
     indices: list[np.ndarray] = field(default_factory=list)
     ranges: list[np.ndarray] = field(default_factory=list)
+    regions: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
     features: list[np.ndarray] = field(default_factory=list)
     queued: int = 0
     done: int = 0
@@ -163,14 +186,31 @@ class _Video:
 _END = object()
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """What the model sees per row: input geometry, clip windows (or single frames), region boxes (or none)."""
+
+    geometry: Geometry
+    windowing: Windowing | None
+    boxes: BoxSource | None
+
+
+def _concat_regions(regions: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> dict:
+    if not regions:
+        return {}
+    features, boxes, mask = zip(*regions)
+    return {"roi_features": np.concatenate(features), "boxes": np.concatenate(boxes), "roi_mask": np.concatenate(mask)}
+
+
 class _Decoder:
     """Background decode threads feeding (video id, chunk of rows) messages into a bounded queue."""
 
     def __init__(
-        self, jobs: list[VideoJob], backbone: Backbone, sampling: Sampling, windowing: Windowing | None,
-        workers: int, chunk: int,
+        self, jobs: list[VideoJob], geometry: Geometry, sampling: Sampling, windowing: Windowing | None,
+        boxes: BoxSource | None, workers: int, chunk: int,
     ) -> None:
-        self.geometry = backbone.preprocessing.geometry()
+        self.geometry = geometry
+        self.boxes = boxes
         self.sampling = sampling
         self.windowing = windowing
         self.chunk = chunk
@@ -204,28 +244,31 @@ class _Decoder:
     def _decode(self, vid: int, job: VideoJob) -> None:
         try:
             reader = VideoReader(job.path, self.sampling, self.geometry)
+            size = (reader.info.width, reader.info.height)
+            if self.boxes is not None:
+                self.boxes.check(job.key, *size)
             rows = frame_rows(reader) if self.windowing is None else window_rows(reader, self.windowing)
             chunk: list[Row] = []
             for row in rows:
                 chunk.append(row)
                 if len(chunk) == self.chunk:
-                    if not self._put(self._rows_message(vid, chunk)):
+                    if not self._put(self._rows_message(vid, chunk, size)):
                         return
                     chunk = []
-            if chunk and not self._put(self._rows_message(vid, chunk)):
+            if chunk and not self._put(self._rows_message(vid, chunk, size)):
                 return
             expected = reader.info.expected_frames
             self._put(("end", vid, reader.decoded_frames, -1 if expected is None else expected,
                        (reader.error or "partial decode") if reader.partial else ""))
-        except VideoError as exc:
+        except (VideoError, ValueError) as exc:
             self._put(("error", vid, str(exc)))
         except Exception as exc:  # a decoder bug on one file must not end the run
             self._put(("error", vid, f"unexpected {type(exc).__name__}: {exc}"))
 
     @staticmethod
-    def _rows_message(vid: int, rows: list[Row]) -> tuple:
+    def _rows_message(vid: int, rows: list[Row], size: tuple[int, int]) -> tuple:
         return (
-            "rows", vid, np.stack([r.pixels for r in rows]), np.array([r.timestamp for r in rows]),
+            "rows", vid, size, np.stack([r.pixels for r in rows]), np.array([r.timestamp for r in rows]),
             np.array([r.index for r in rows]), np.array([(r.first, r.last) for r in rows], dtype=np.int64),
         )
 
@@ -252,15 +295,28 @@ class _Model:
         self.extractor = backbone.extractor.to(device).eval()
         self.amp = autocast_dtype(precision, device)
 
-    @torch.inference_mode()
-    def __call__(self, frames: np.ndarray) -> np.ndarray:
+    def _to_device(self, frames: np.ndarray) -> torch.Tensor:
         batch = torch.from_numpy(frames)
         if self.device.type == "cuda":
             batch = batch.pin_memory().to(self.device, non_blocking=True)
-        context = torch.autocast("cuda", dtype=self.amp) if self.amp is not None else nullcontext()
-        with context:
-            features = self.extractor(batch)
+        return batch
+
+    def _autocast(self):
+        return torch.autocast("cuda", dtype=self.amp) if self.amp is not None else nullcontext()
+
+    @torch.inference_mode()
+    def __call__(self, frames: np.ndarray) -> np.ndarray:
+        with self._autocast():
+            features = self.extractor(self._to_device(frames))
         return features.float().cpu().numpy()
+
+    @torch.inference_mode()
+    def with_regions(self, frames: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Global features and [B, R, D] region features from one pass over the full frames."""
+        with self._autocast():
+            feature_map = self.extractor.feature_map(self._to_device(frames))
+        regions = pool_regions(feature_map, torch.from_numpy(boxes).to(self.device), frames.shape[1:3])
+        return feature_map.float().mean(dim=(2, 3)).cpu().numpy(), regions.cpu().numpy()
 
 
 def extract_videos(
@@ -282,7 +338,16 @@ def extract_videos(
     if batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
     windowing = windowing_for(backbone, options)
-    provenance = build_provenance(backbone, options, windowing, dataset, classes, n_folds)
+    geometry = input_geometry(backbone, options)
+    boxes = None
+    if options.rois is not None:
+        if windowing is not None:
+            raise ValueError(f"--rois works with per-frame backbones; {backbone.name} extracts clip windows")
+        boxes = parse_roi_source(
+            options.rois, options.max_rois, {job.key for job in jobs}, score_threshold=options.roi_score_threshold,
+            classes=list(options.roi_classes) or None, detector_weights=options.detector_weights, device=device,
+        )
+    provenance = build_provenance(backbone, options, windowing, boxes, geometry, dataset, classes, n_folds)
     summary = ExtractSummary(out=Path(out), total=len(jobs), device=str(device), batch_size=batch_size,
                              unit="frames" if windowing is None else "windows")
 
@@ -297,7 +362,7 @@ def extract_videos(
                 summary.stale += job.key in writer.done
                 todo.append(job)
         if todo:
-            _run(todo, writer, backbone, windowing, device, batch_size, options, summary)
+            _run(todo, writer, backbone, _Plan(geometry, windowing, boxes), device, batch_size, options, summary)
     return summary
 
 
@@ -305,7 +370,7 @@ def _run(
     jobs: list[VideoJob],
     writer: StoreWriter,
     backbone: Backbone,
-    windowing: Windowing | None,
+    plan: _Plan,
     device: torch.device,
     batch_size: int,
     options: ExtractOptions,
@@ -313,8 +378,9 @@ def _run(
 ) -> None:
     model = _Model(backbone, device, options.precision)
     videos = {i: _Video(job) for i, job in enumerate(jobs)}
-    decoder = _Decoder(jobs, backbone, options.sampling, windowing, options.workers, chunk=batch_size)
-    pending: list[tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+    decoder = _Decoder(jobs, plan.geometry, options.sampling, plan.windowing, plan.boxes, options.workers,
+                       chunk=batch_size)
+    pending: list[tuple] = []
     pending_rows = 0
     bar = tqdm(total=len(jobs), unit="video", disable=not options.progress, dynamic_ncols=True)
     start = time.perf_counter()
@@ -343,7 +409,8 @@ def _run(
                 features=np.concatenate(video.features),
                 timestamps=np.concatenate(video.timestamps),
                 frame_indices=np.concatenate(video.indices),
-                frame_ranges=np.concatenate(video.ranges) if windowing is not None else None,
+                frame_ranges=np.concatenate(video.ranges) if plan.windowing is not None else None,
+                **_concat_regions(video.regions),
                 label=video.job.label,
                 splits=video.job.splits,
                 source=str(video.job.path),
@@ -360,27 +427,38 @@ def _run(
         writer.commit()
 
     def run_batch(take: int) -> None:
+        """Run up to ``take`` rows, across videos; stops early where the input shape changes (uncropped
+        frames of differently sized videos cannot share a batch)."""
         nonlocal pending, pending_rows
         chunks, taken = [], 0
-        while taken < take:
-            vid, *arrays = pending[0]
+        shape = pending[0][2].shape[1:]
+        while taken < take and pending and pending[0][2].shape[1:] == shape:
+            vid, size, *arrays = pending[0]
             n = min(take - taken, len(arrays[0]))
-            chunks.append((vid, *(a[:n] for a in arrays)))
+            chunks.append((vid, size, *(a[:n] for a in arrays)))
             if n == len(arrays[0]):
                 pending.pop(0)
             else:
-                pending[0] = (vid, *(a[n:] for a in arrays))
+                pending[0] = (vid, size, *(a[n:] for a in arrays))
             taken += n
         pending_rows -= taken
-        features = model(np.concatenate([c[1] for c in chunks]))
+        pixels = np.concatenate([c[2] for c in chunks])
+        if plan.boxes is None:
+            features, regions = model(pixels), None
+        else:
+            boxes, masks = zip(*(plan.boxes.boxes(videos[vid].job.key, indices, *size, frames)
+                                 for vid, size, frames, _, indices, _ in chunks))
+            features, regions = model.with_regions(pixels, np.concatenate(boxes))
         offset = 0
-        for vid, frames, stamps, indices, ranges in chunks:
+        for i, (vid, _, frames, stamps, indices, ranges) in enumerate(chunks):
             video = videos[vid]
             n = len(frames)
             video.features.append(features[offset:offset + n].astype(options.dtype))
             video.timestamps.append(stamps)
             video.indices.append(indices)
             video.ranges.append(ranges)
+            if regions is not None:
+                video.regions.append((regions[offset:offset + n].astype(options.dtype), boxes[i], masks[i]))
             video.done += n
             offset += n
         summary.rows += taken
@@ -393,9 +471,9 @@ def _run(
             kind, vid = message[0], message[1]
             video = videos[vid]
             if kind == "rows":
-                video.queued += len(message[2])
+                video.queued += len(message[3])
                 pending.append((vid, *message[2:]))
-                pending_rows += len(message[2])
+                pending_rows += len(message[3])
                 while pending_rows >= batch_size:
                     run_batch(batch_size)
             elif kind == "end":
@@ -405,7 +483,7 @@ def _run(
             else:
                 fail(video, message[2])
                 pending = [p for p in pending if p[0] != vid]
-                pending_rows = sum(len(p[1]) for p in pending)
+                pending_rows = sum(len(p[2]) for p in pending)
                 video.queued = video.done
                 ended.add(vid)
                 finish_ready()

@@ -49,6 +49,12 @@ def main() -> None:
 @click.option("--every-n", type=int, help="Keep every N-th frame (instead of --fps).")
 @click.option("--clip-len", type=int, help="Clip backbones: sampled frames per window (default: the weights').")
 @click.option("--clip-stride", type=int, help="Clip backbones: frames between window starts (default: the backbone's).")
+@click.option("--rois", help="Also store region features: file:BOXES.csv, grid:RxC or detector:NAME.")
+@click.option("--max-rois", type=int, help="Region slots R per row (fewer boxes are padded and masked).")
+@click.option("--roi-size", type=int, help="With --rois: short side of the whole (uncropped) frame, e.g. 320.")
+@click.option("--roi-score-threshold", default=0.5, show_default=True, help="detector: minimum box score.")
+@click.option("--roi-class", "roi_classes", multiple=True, help="detector: keep only these COCO classes.")
+@click.option("--detector-weights", help="detector: a state_dict file, or `none`. Default: the torch cache.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--batch-size", type=int, help="Frames per batch, across video boundaries. Default: 8 on CPU, 128 on CUDA.")
 @click.option("--workers", default=2, show_default=True, help="Background decode threads.")
@@ -62,12 +68,13 @@ def main() -> None:
 @click.option("--seed", default=0, show_default=True, help="Seed of the `folder` adapter's split.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 def extract(inputs, out, dataset, data_root, list_file, backbone, weights, fps, every_n, clip_len, clip_stride,
-            device, batch_size, workers, precision, dtype, allow_failures, skip_failed, strict, seed, no_progress) -> None:
+            rois, max_rois, roi_size, roi_score_threshold, roi_classes, detector_weights, device, batch_size, workers, precision, dtype, allow_failures, skip_failed, strict, seed, no_progress) -> None:
     """Extract features of INPUT videos/directories, or of --dataset NAME --data-root DIR, into --out."""
     try:
         options = ExtractOptions(
-            sampling=Sampling(fps=fps, every_n=every_n), clip_len=clip_len, clip_stride=clip_stride, device=device,
-            batch_size=batch_size, workers=workers,
+            sampling=Sampling(fps=fps, every_n=every_n), clip_len=clip_len, clip_stride=clip_stride, rois=rois,
+            max_rois=max_rois, roi_size=roi_size, roi_score_threshold=roi_score_threshold, roi_classes=roi_classes,
+            detector_weights=detector_weights, device=device, batch_size=batch_size, workers=workers,
             precision=precision, dtype=dtype, strict=strict, skip_failed=skip_failed, progress=not no_progress,
         )
         summary = stages.extract(

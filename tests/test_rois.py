@@ -1,0 +1,107 @@
+"""Region (RoI) features: grid, box files (nearest annotated frame, validation) and detectors, end to end."""
+from functools import partial
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from videogen import make_video
+from vidfeat.extract.rois import GridBoxes, pool_regions
+from vidfeat.features import open_store
+from vidfeat.pipelines.cli import main
+
+tiny = partial(make_video, size=(64, 48), fps=5, seconds=1)
+
+
+def run_cli(*args):
+    return CliRunner().invoke(main, [*map(str, args), "--no-progress"])
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    root = tmp_path_factory.mktemp("roi_videos")
+    tiny(root / "a.mp4")
+    tiny(root / "b.mp4", pattern="counter")
+    return root
+
+
+def test_grid_regions_are_stored_with_boxes_and_masks(videos, tmp_path):
+    out = tmp_path / "grid.h5"
+    result = run_cli("extract", videos, "--out", out, "--rois", "grid:2x2", "--roi-size", "96")
+    assert result.exit_code == 0, result.output
+    with open_store(out) as s:
+        feats, boxes, mask = s.rois("a")
+        assert feats.shape == (5, 5, 1280) and boxes.shape == (5, 5, 4) and mask.all()
+        np.testing.assert_allclose(boxes[0, 0], [0, 0, 1, 1])
+        np.testing.assert_allclose(boxes[0, 4], [0.5, 0.5, 1, 1])
+        assert s.attrs["rois"]["source"] == "grid:2x2" and s.attrs["rois"]["max_rois"] == 5
+        assert s.attrs["preprocessing"]["crop"] is None and s.attrs["preprocessing"]["resize"] == 96
+        # the whole-frame region max-pools the map the global feature mean-pools
+        assert (feats[:, 0].astype(np.float32) >= s.features("a").astype(np.float32) - 1e-2).all()
+
+
+def test_box_file_takes_the_nearest_annotated_frame_and_pads(videos, tmp_path):
+    boxes = tmp_path / "boxes.csv"
+    boxes.write_text("video,frame,x1,y1,x2,y2,score,track\n"
+                     "a,0,0,0,32,24,0.9,1\n"
+                     "a,0,32,24,64,48,0.8,2\n"
+                     "a,4,10,10,20,20,1.0,1\n")
+    out = tmp_path / "file.h5"
+    result = run_cli("extract", videos, "--out", out, "--rois", f"file:{boxes}", "--max-rois", "3")
+    assert result.exit_code == 0, result.output
+    with open_store(out) as s:
+        _, b, mask = s.rois("a")
+        assert mask.sum(1).tolist() == [2, 2, 2, 1, 1]  # frames 1-2 nearest 0, frames 3-4 nearest 4
+        np.testing.assert_allclose(b[1, 0], [0, 0, 0.5, 0.5])
+        np.testing.assert_allclose(b[4, 0], [10 / 64, 10 / 48, 20 / 64, 20 / 48])
+        assert (b[4, 1:] == 0).all()
+        _, _, none = s.rois("b")  # a video without any boxes keeps its rows, all slots masked
+        assert not none.any()
+        assert s.attrs["rois"]["sha256"]
+
+
+def test_bad_box_files_give_clear_errors(videos, tmp_path):
+    cases = {
+        "video,frame,x1,y1,x2\na,0,0,0,1\n": "lacks column(s) y2",
+        "video,frame,x1,y1,x2,y2\nnope,0,0,0,1,1\n": "not in this extraction, e.g. ['nope']",
+        "video,frame,x1,y1,x2,y2\na,0,5,5,1,1\n": "invalid box",
+        "video,frame,x1,y1,x2,y2\na,x,0,0,1,1\n": "frame must be an integer",
+    }
+    for i, (text, message) in enumerate(cases.items()):
+        path = tmp_path / f"bad{i}.csv"
+        path.write_text(text)
+        result = run_cli("extract", videos, "--out", tmp_path / f"o{i}.h5", "--rois", f"file:{path}")
+        assert result.exit_code == 1 and message in result.output, result.output
+    outside = tmp_path / "outside.csv"
+    outside.write_text("video,frame,x1,y1,x2,y2\na,0,0,0,65,10\n")
+    result = run_cli("extract", videos, "--out", tmp_path / "out.h5", "--rois", f"file:{outside}")
+    assert result.exit_code == 1 and "outside the 64x48 frame" in result.output
+    for spec, message in [("grid:axb", "two integers"), ("detector:yolo", "unknown detector"), ("rects", "unknown --rois")]:
+        result = run_cli("extract", videos, "--out", tmp_path / "x.h5", "--rois", spec)
+        assert result.exit_code == 1 and message in result.output
+
+
+def test_detector_weights_follow_the_offline_rules(videos, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    result = run_cli("extract", videos / "a.mp4", "--out", tmp_path / "d.h5", "--rois",
+                     "detector:fasterrcnn_mobilenet_v3_large_fpn")
+    assert result.exit_code == 1 and "not in the torch cache" in result.output and "--weights" in result.output
+    result = run_cli("extract", videos / "a.mp4", "--out", tmp_path / "d.h5", "--rois",
+                     "detector:fasterrcnn_mobilenet_v3_large_fpn", "--detector-weights", "none",
+                     "--roi-score-threshold", "0", "--max-rois", "4")
+    assert result.exit_code == 0, result.output
+    with open_store(tmp_path / "d.h5") as s:
+        feats, boxes, mask = s.rois("a")
+        assert feats.shape == (5, 4, 1280) and ((boxes >= 0) & (boxes <= 1)).all()
+        assert s.attrs["rois"]["weights"] == "none"
+
+
+def test_pool_regions_matches_a_hand_computed_max():
+    feature_map = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).reshape(2, 3, 4, 4)
+    boxes = torch.tensor([[[0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 0.5, 0.5]]] * 2)
+    pooled = pool_regions(feature_map, boxes, (64, 64))
+    assert pooled.shape == (2, 2, 3)
+    assert torch.allclose(pooled[:, 0], feature_map.amax(dim=(2, 3)), atol=0.5)
+    assert (pooled[:, 1] < pooled[:, 0]).all()
+    assert GridBoxes(1, 2).boxes("k", np.arange(3), 10, 10, None)[0].shape == (3, 3, 4)
