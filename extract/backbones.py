@@ -12,6 +12,9 @@ Weights (`create_backbone(name, weights)`):
   the default weights' (a fine-tuned state_dict keeps its parent's input pipeline); its categories are unknown.
 
 Every file is read with torch.load(..., weights_only=True): a weights file can never execute code.
+
+Clip backbones (I3D and torchvision's video networks, `vidfeat.extract.video_models`) are served by the same
+`create_backbone`, as a `ClipBackbone` of kind "clip" built with these weight rules.
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ import http.client
 import importlib.metadata
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -125,15 +128,24 @@ class Backbone:
 
 
 def list_backbones() -> list[str]:
-    return list(_BUILDERS)
+    """Frame backbones, then clip backbones (vidfeat.extract.video_models)."""
+    from vidfeat.extract.video_models import list_clip_backbones
+
+    return [*_BUILDERS, *list_clip_backbones()]
 
 
 def create_backbone(name: str, weights: str | os.PathLike | None = None) -> Backbone:
-    """Build `name` with the default pretrained weights (None), random init ("none") or a state_dict file."""
+    """Build `name` with the default pretrained weights (None), random init ("none") or a state_dict file.
+
+    Clip backbones (i3d, r2plus1d_18, ...) come back as a `ClipBackbone` with kind "clip"."""
+    from vidfeat.extract.video_models import create_clip_backbone, list_clip_backbones
+
+    if name in list_clip_backbones():
+        return create_clip_backbone(name, weights)
     try:
         builder = _BUILDERS[name]
     except KeyError:
-        raise ValueError(f"unknown backbone {name!r}; choose one of: {', '.join(_BUILDERS)}") from None
+        raise ValueError(f"unknown backbone {name!r}; choose one of: {', '.join(list_backbones())}") from None
     return builder(name, None if weights is None else str(weights))
 
 
@@ -221,12 +233,24 @@ def _network(
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             return build(), "none"
+    path, weights_id, remedy = _resolve_weights(name, weights, default_file, default_id)
+    net = build()
+    _load_state_dict(net, name, path, remedy)
+    return net, weights_id
+
+
+def _resolve_weights(
+    name: str, weights: str | None, default_file: Callable[[], Path], default_id: str, remedy: str | None = None,
+) -> tuple[Path, str, str]:
+    """The file to load (the default one for None, else the given path), its weights id, and the advice for errors."""
     if weights is None:
         path, weights_id = default_file(), default_id
-        remedy = f"delete it to fetch it again, or pass --weights FILE (a state_dict for {name}) or --weights none"
+        remedy = remedy or (
+            f"delete it to fetch it again, or pass --weights FILE (a state_dict for {name}) or --weights none")
     else:
         path = Path(weights)
-        remedy = f"pass a state_dict for {name} saved with torch.save(model.state_dict(), FILE), or --weights none"
+        remedy = remedy or (
+            f"pass a state_dict for {name} saved with torch.save(model.state_dict(), FILE), or --weights none")
         if not path.is_file():
             what = "is a directory" if path.is_dir() else "does not exist"
             raise WeightsError(f"weights file {path} {what}; {remedy}")
@@ -234,12 +258,19 @@ def _network(
             weights_id = f"sha256:{_sha256(path)}"
         except OSError as exc:
             raise WeightsError(f"cannot read weights file {path}: {exc.strerror or exc}; {remedy}") from exc
-    net = build()
-    _load_state_dict(net, name, path, remedy)
-    return net, weights_id
+    return path, weights_id, remedy
 
 
 def _load_state_dict(net: nn.Module, name: str, path: Path, remedy: str) -> None:
+    state = _read_state_dict(path, remedy)
+    problems = _state_dict_problems({k: tuple(v.shape) for k, v in net.state_dict().items()}, state)
+    if problems:
+        raise WeightsError(f"{path} does not fit {name}: {'; '.join(problems)}; {remedy}")
+    net.load_state_dict(state, strict=True)
+
+
+def _read_state_dict(path: Path, remedy: str) -> Mapping[str, Tensor]:
+    """A name -> tensor mapping read with weights_only=True, or a WeightsError saying what the file is instead."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except OSError as exc:
@@ -252,22 +283,25 @@ def _load_state_dict(net: nn.Module, name: str, path: Path, remedy: str) -> None
         nested = [k for k in ("state_dict", "model") if isinstance(state, Mapping) and k in state]
         hint = f" (it has a {nested[0]!r} entry: save that inner dict instead)" if nested else ""
         raise WeightsError(f"{path} holds a {type(state).__name__}, not a name -> tensor state_dict{hint}; {remedy}")
-    expected = net.state_dict()
-    missing = [k for k in expected if k not in state]
+    return state
+
+
+def _state_dict_problems(
+    expected: Mapping[str, tuple[int, ...]], state: Mapping[str, Tensor], optional: Collection[str] = (),
+) -> list[str]:
+    """Missing keys (other than `optional` ones), unexpected keys and shape mismatches, a few of each named."""
+    missing = [k for k in expected if k not in state and k not in optional]
     unexpected = [k for k in state if k not in expected]
     wrong_shape = [
-        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
-        for k, v in expected.items() if k in state and state[k].shape != v.shape
+        f"{k} {tuple(state[k].shape)} vs {tuple(shape)}"
+        for k, shape in expected.items() if k in state and tuple(state[k].shape) != tuple(shape)
     ]
-    problems = [
+    return [
         f"{len(items)} {label} ({', '.join(items[:4])}{', ...' if len(items) > 4 else ''})"
         for label, items in (("missing keys", missing), ("unexpected keys", unexpected),
                              ("shape mismatches, file vs model", wrong_shape))
         if items
     ]
-    if problems:
-        raise WeightsError(f"{path} does not fit {name}: {'; '.join(problems)}; {remedy}")
-    net.load_state_dict(state, strict=True)
 
 
 def _load_failure(exc: Exception) -> str:
@@ -279,13 +313,15 @@ def _load_failure(exc: Exception) -> str:
     return first_sentence if isinstance(exc, RuntimeError) and first_sentence else "unrecognised file format"
 
 
-def _torch_hub_file(name: str, url: str) -> Path:
-    """The torch hub cache file for `url` (where torchvision itself would cache it), downloading it if allowed."""
+def _torch_hub_file(name: str, url: str, accepts: str | None = None) -> Path:
+    """The torch hub cache file for `url` (where torchvision itself would cache it), downloading it if allowed.
+
+    `accepts` says what a --weights FILE may be, when it is more than a state_dict for `name`."""
     path = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name
     if path.is_file():
         return path
     where = f"weights for {name} are not in the torch cache at {path}"
-    advice = f"pass --weights FILE (a state_dict for {name}) or --weights none for random init"
+    advice = f"pass --weights FILE ({accepts or f'a state_dict for {name}'}) or --weights none for random init"
     if os.environ.get("VIDFEAT_OFFLINE") == "1":
         raise WeightsNotFound(f"{where}; VIDFEAT_OFFLINE=1 forbids downloading {url}; {advice}")
     path.parent.mkdir(parents=True, exist_ok=True)
