@@ -12,7 +12,7 @@ import queue
 import threading
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib.metadata import version
 from pathlib import Path
 
@@ -119,7 +119,17 @@ def windowing_for(backbone: Backbone, options: ExtractOptions) -> Windowing | No
         if options.clip_len is not None or options.clip_stride is not None:
             raise ValueError(f"--clip-len/--clip-stride apply to clip backbones; {backbone.name} works per frame")
         return None
-    return Windowing(options.clip_len or backbone.clip_len, options.clip_stride or backbone.default_stride)
+    clip_len = options.clip_len or backbone.clip_len
+    backbone.check_clip_len(clip_len)
+    return Windowing(clip_len, options.clip_stride or backbone.stride_for(clip_len))
+
+
+def sampling_for(backbone: Backbone, options: ExtractOptions) -> Sampling:
+    """Clip backbones default to the frame rate their weights were trained at (motion speed matters to them);
+    frame backbones default to every frame."""
+    if backbone.kind == "clip" and options.sampling == Sampling() and backbone.frame_rate:
+        return Sampling(fps=backbone.frame_rate)
+    return options.sampling
 
 
 def software_versions() -> dict:
@@ -338,6 +348,7 @@ def extract_videos(
     if batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
     windowing = windowing_for(backbone, options)
+    options = replace(options, sampling=sampling_for(backbone, options))
     geometry = input_geometry(backbone, options)
     boxes = None
     if options.rois is not None:

@@ -35,3 +35,30 @@ def test_frame_rows_are_the_frames_themselves():
 def test_bad_window_config_is_refused():
     with pytest.raises(ValueError, match="--clip-len and --clip-stride must be >= 1"):
         Windowing(0, 1)
+
+
+def test_clip_backbone_extraction_stores_windows(tmp_path):
+    """r2plus1d_18 (random init) end to end: one row per window, centre timestamps, frame ranges, window provenance."""
+    from click.testing import CliRunner
+
+    from videogen import make_video
+    from vidfeat.features import open_store
+    from vidfeat.pipelines.cli import main
+
+    make_video(tmp_path / "v.mp4", size=(80, 60), fps=15, seconds=2)
+    make_video(tmp_path / "short.mp4", size=(80, 60), fps=15, seconds=0.4)
+    out = tmp_path / "clips.h5"
+    result = CliRunner().invoke(main, ["extract", str(tmp_path / "v.mp4"), str(tmp_path / "short.mp4"), "--out",
+                                       str(out), "--backbone", "r2plus1d_18", "--weights", "none", "--clip-len", "8",
+                                       "--no-progress"])
+    assert result.exit_code == 0, result.output
+    with open_store(out) as s:
+        assert s.attrs["kind"] == "clip" and s.attrs["window"]["clip_len"] == 8 and s.attrs["window"]["stride"] == 4
+        assert s.attrs["sampling"] == {"mode": "fps", "fps": 15.0}  # the weights' own frame rate by default
+        assert s.frame_ranges("v").tolist() == [[0, 7], [4, 11], [8, 15], [12, 19], [16, 23], [20, 27], [22, 29]]
+        assert s.features("v").shape == (7, 512)
+        np.testing.assert_allclose(s.timestamps("v")[0], 3.5 / 15)
+        assert s.frame_ranges("short").tolist() == [[0, 5]] and len(s.features("short")) == 1  # looped
+    refused = CliRunner().invoke(main, ["extract", str(tmp_path / "v.mp4"), "--out", str(tmp_path / "x.h5"),
+                                        "--clip-len", "8", "--no-progress"])
+    assert refused.exit_code == 1 and "apply to clip backbones" in refused.output
