@@ -414,7 +414,11 @@ def _run(
             if video.partial and options.strict:
                 fail(video, f"{video.partial} (--strict turns partial decodes into failures)")
                 continue
-            stat = video.job.path.stat()
+            try:
+                stat = video.job.path.stat()
+            except OSError as exc:
+                fail(video, f"the source disappeared during extraction: {exc.strerror or exc}")
+                continue
             writer.add(VideoRecord(
                 key=video.job.key,
                 features=np.concatenate(video.features),
