@@ -563,8 +563,24 @@ only a model of temporal order can separate them) plus appearance-only classes (
         return load_list(root / SAMPLE_CSV, name=self.name)
 
 
+class RelationalAdapter:
+    name = "relational"
+    layout = """\
+Embedded relational benchmark, generated on first use (see `vidfeat.pipelines.relational`): two objects move and
+the class is their relation over time (approach/separate, pass_left/pass_right, orbit_cw/orbit_ccw).
+<root>/<class>/<name>.mp4, <root>/relational.csv ('path,label,split') and the ground-truth boxes
+<root>/boxes.csv ('video,frame,x1,y1,x2,y2,score,track') for `vidfeat extract --rois file:<root>/boxes.csv`."""
+
+    def load(self, root: Path, list_file: Path | None, seed: int) -> Dataset:
+        from vidfeat.pipelines.relational import LIST_CSV, ensure_relational
+
+        root = ensure_relational(_abs(root))
+        return load_list(root / LIST_CSV, name=self.name)
+
+
 ADAPTERS: dict[str, Adapter] = {
-    a.name: a for a in (Hmdb51Adapter(), Ucf101Adapter(), ListAdapter(), FolderAdapter(), SampleAdapter())
+    a.name: a
+    for a in (Hmdb51Adapter(), Ucf101Adapter(), ListAdapter(), FolderAdapter(), SampleAdapter(), RelationalAdapter())
 }
 
 

@@ -15,11 +15,13 @@ from vidfeat.extract.backbones import Backbone, create_backbone
 from vidfeat.extract.runner import ExtractOptions, ExtractSummary, VideoJob, extract_videos
 from vidfeat.extract.video import Sampling
 from vidfeat.features.store import FeatureStore, ProvenanceMismatch, open_store, parts_dir
-from vidfeat.pipelines import sample
+from vidfeat.pipelines import relational, sample
 from vidfeat.pipelines.datasets import Dataset, dataset_from_inputs, load_dataset
 from vidfeat.temporal.runs import load_run, predict_sequences
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
+# Datasets generated on first use, and where they go when no --data-root is given.
+EMBEDDED_ROOTS = {"sample": sample.DEFAULT_ROOT, "relational": relational.DEFAULT_ROOT}
 
 
 def jobs_from_dataset(dataset: Dataset) -> list[VideoJob]:
@@ -62,8 +64,8 @@ def extract(
     if dataset and inputs:
         raise ValueError("give either --dataset or INPUT paths, not both")
     if dataset:
-        if dataset == "sample" and data_root is None:
-            data_root = sample.DEFAULT_ROOT
+        if data_root is None and dataset in EMBEDDED_ROOTS:
+            data_root = EMBEDDED_ROOTS[dataset]
         if data_root is None and list_file is None:
             raise ValueError(f"--dataset {dataset} needs --data-root DIR (see `vidfeat datasets` for the layout)")
         loaded = load_dataset(dataset, data_root if data_root is not None else Path(list_file).parent, list_file, seed)

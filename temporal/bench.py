@@ -21,7 +21,7 @@ import torch
 
 from vidfeat.features import SequenceSource, open_store
 from vidfeat.temporal.data import SequenceDataset, class_indices, fold_split
-from vidfeat.temporal.heads import create_head, list_heads
+from vidfeat.temporal.heads import create_head, list_heads, uses_regions
 from vidfeat.temporal.logreg import fit_logreg
 from vidfeat.temporal.synthetic import write_random_store
 from vidfeat.temporal.training import TrainConfig, count_parameters, default_device, train
@@ -33,7 +33,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=64, help="cached steps per video")
     parser.add_argument("--dim", type=int, default=2048)
     parser.add_argument("--classes", type=int, default=51)
-    parser.add_argument("--heads", default=",".join(list_heads()), help="comma-separated head names")
+    parser.add_argument(
+        "--heads",
+        default=",".join(h for h in list_heads() if not uses_regions(h)),
+        help="comma-separated frame head names (region heads need a store with RoIs)",
+    )
     parser.add_argument("--segments", type=int, default=8, help="TSN segments K sampled per video")
     parser.add_argument("--sample-mode", default="segments", choices=("segments", "window", "all"))
     parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)

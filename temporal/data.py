@@ -1,7 +1,7 @@
 """Training data for the temporal heads: fold splits, sampled sequences and padded batches.
 
 Rows come from :class:`vidfeat.features.SequenceSource` (in memory when the cache fits, else one HDF5
-handle per DataLoader worker).
+handle per DataLoader worker); region heads also get each video's RoIs from a :class:`RegionSource`.
 """
 from __future__ import annotations
 
@@ -70,12 +70,83 @@ def fold_split(store: FeatureStore, fold: int = 1, val_fraction: float = 0.15, s
     return FoldSplit(train, val, parts["test"], "carved" if val else "none")
 
 
+Regions = tuple[np.ndarray, np.ndarray, np.ndarray]
+"""One video's regions as the store returns them: roi_features [T, R, Dr], boxes [T, R, 4], roi_mask [T, R]."""
+
+
+def require_regions(store: FeatureStore, head: str) -> dict:
+    """The store's ``rois`` provenance; a clear error naming ``vidfeat extract --rois`` when it has none."""
+    rois = store.attrs.get("rois")
+    if not rois:
+        raise ValueError(
+            f"head {head!r} works on region (RoI) features, but this store ({', '.join(map(str, store.paths))}) "
+            "has none; extract one with `vidfeat extract ... --rois SOURCE` (SOURCE: file:BOXES.csv, grid:RxC "
+            "or detector:NAME), or train a frame head (mean, lstm, tcn, transformer, logreg)"
+        )
+    return dict(rois)
+
+
+class RegionSource:
+    """Region arrays of a list of keys, aligned with a :class:`SequenceSource`'s rows: all in memory, or read
+    on demand through ``store.rois(key)`` (one HDF5 handle per process, like the sequences)."""
+
+    def __init__(self, keys: Sequence[str], *, arrays: Sequence[Regions] | None = None, path: StorePath | None = None):
+        if arrays is None and path is None:
+            raise ValueError("a RegionSource needs either the region arrays or the store path to read them from")
+        self.keys = list(keys)
+        self.path, self._arrays = path, (list(arrays) if arrays is not None else None)
+        self._store: FeatureStore | None = None
+        self._pid: int | None = None
+
+    @classmethod
+    def from_store(
+        cls, path: StorePath, keys: Sequence[str], in_memory: bool | None = None, head: str = "gcn"
+    ) -> "RegionSource":
+        """Regions of ``keys``; ``in_memory=None`` loads them when they take at most a quarter of the free RAM."""
+        with open_store(path) as store:
+            rois = require_regions(store, head)
+            if in_memory is None:
+                lengths = store.lengths()
+                itemsize = np.dtype(store.attrs.get("dtype", "float32")).itemsize
+                per_row = int(rois["max_rois"]) * (int(rois["feature_dim"]) * itemsize + 4 * 4 + 1)
+                available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+                in_memory = sum(lengths[k] for k in keys) * per_row <= available / 4
+            return cls(keys, arrays=[store.rois(k) for k in keys] if in_memory else None, path=path)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def subset(self, keys: Sequence[str]) -> "RegionSource":
+        """A source over some of the keys, sharing the loaded arrays."""
+        position = {k: i for i, k in enumerate(self.keys)}
+        picked = [position[k] for k in keys]
+        arrays = [self._arrays[i] for i in picked] if self._arrays is not None else None
+        return RegionSource(keys, arrays=arrays, path=self.path)
+
+    def get(self, index: int) -> Regions:
+        if self._arrays is not None:
+            return self._arrays[index]
+        if self._store is None or self._pid != os.getpid():
+            self._store = open_store(self.path)
+            self._pid = os.getpid()
+        regions = self._store.rois(self.keys[index])
+        if regions is None:
+            raise ValueError(f"video {self.keys[index]!r} has no region features in {self.path}")
+        return regions
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_store"], state["_pid"] = None, None  # each worker opens its own handle
+        return state
+
+
 class SequenceDataset(Dataset):
     """Sampled steps of each video as float32, with its class index.
 
     Training randomness (``train=True``) is drawn from a generator seeded by (seed, epoch, index), so
     a run is reproducible whatever the number of workers; call :meth:`set_epoch` every epoch.
-    Evaluation takes the deterministic clip ``clip`` of ``num_clips``.
+    Evaluation takes the deterministic clip ``clip`` of ``num_clips``. With ``regions`` (for region heads)
+    each item also carries ``rois``, ``boxes`` and ``roi_mask`` at the same sampled steps as ``x``.
     """
 
     def __init__(
@@ -88,10 +159,13 @@ class SequenceDataset(Dataset):
         train: bool,
         seed: int = 0,
         num_clips: int = 1,
+        regions: RegionSource | None = None,
     ) -> None:
         if len(labels) != len(source):
             raise ValueError(f"{len(labels)} labels for {len(source)} sequences")
-        self.source, self.labels = source, [int(y) for y in labels]
+        if regions is not None and regions.keys != source.keys:
+            raise ValueError("the region source must hold the same videos, in the same order, as the sequences")
+        self.source, self.regions, self.labels = source, regions, [int(y) for y in labels]
         self.segments, self.mode, self.train, self.seed = segments, mode, train, seed
         self.num_clips, self.clip, self.epoch = num_clips, 0, 0
         check_sampling(mode, segments, num_clips)
@@ -106,7 +180,18 @@ class SequenceDataset(Dataset):
         rows = self.source.get(index)
         rng = np.random.default_rng((self.seed, self.epoch, index)) if self.train else None
         steps = sample_indices(len(rows), self.segments, self.mode, rng=rng, clip=self.clip, num_clips=self.num_clips)
-        return {"x": torch.from_numpy(np.asarray(rows[steps], dtype=np.float32)), "y": self.labels[index]}
+        item = {"x": torch.from_numpy(np.asarray(rows[steps], dtype=np.float32)), "y": self.labels[index]}
+        if self.regions is not None:
+            rois, boxes, roi_mask = self.regions.get(index)
+            if not len(rois) == len(boxes) == len(roi_mask) == len(rows):
+                raise ValueError(
+                    f"video {self.source.keys[index]!r}: {len(rois)} region rows for {len(rows)} feature rows; "
+                    "the store is inconsistent, extract it again"
+                )
+            item["rois"] = torch.from_numpy(np.asarray(rois[steps], dtype=np.float32))
+            item["boxes"] = torch.from_numpy(np.asarray(boxes[steps], dtype=np.float32))
+            item["roi_mask"] = torch.from_numpy(np.asarray(roi_mask[steps], dtype=bool))
+        return item
 
 
 @dataclass

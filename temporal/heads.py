@@ -9,9 +9,10 @@ Interface shared by every head (why it looks like this: the same training loop, 
 * ``mask``: ``[B, T]`` bool, ``True`` for a real step and ``False`` for padding. Valid steps come
   first (the collate pads at the end). Padding never changes the logits of a sequence;
 * ``extras``: named per-step tensors beyond ``x`` that the batch carries (the collate pads every
-  per-step field the same way). Frame heads take none. A region head (GCN over RoIs) will take
-  ``x`` as node features ``[B, T, R, D]`` and declare ``boxes: [B, T, R, 4]`` as a keyword
-  argument of its ``forward``; nothing in the loop needs to change for it.
+  per-step field the same way). Frame heads take none. A region head (``gcn``, in
+  ``vidfeat.temporal.gcn``) sets ``uses_regions = True`` and takes ``rois [B, T, R, Dr]``,
+  ``boxes [B, T, R, 4]`` and ``roi_mask [B, T, R]`` as keyword arguments; nothing in the loop
+  needs to change for it.
 
 Heads are built by name with :func:`create_head`, torchvision/timm style: a plain dict registry
 maps each name to its one builder (the module class). ``logreg`` is fitted by scikit-learn rather
@@ -26,6 +27,8 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from vidfeat.temporal.gcn import GCNHead
 
 
 def _check_inputs(x: Tensor, mask: Tensor) -> None:
@@ -305,6 +308,7 @@ HEADS: dict[str, Callable[..., nn.Module]] = {
     "lstm": LSTMHead,
     "tcn": TCNHead,
     "transformer": TransformerHead,
+    "gcn": GCNHead,
 }
 """Head name -> builder ``(input_dim, num_classes, **options) -> nn.Module`` (the class itself)."""
 
@@ -312,6 +316,13 @@ HEADS: dict[str, Callable[..., nn.Module]] = {
 def list_heads() -> list[str]:
     """Names accepted by :func:`create_head`."""
     return list(HEADS)
+
+
+def uses_regions(name: str) -> bool:
+    """Whether head ``name`` needs the store's region features (RoIs) as well as the frame features."""
+    if name not in HEADS:
+        raise ValueError(f"unknown head {name!r}; available heads: {', '.join(HEADS)}")
+    return bool(getattr(HEADS[name], "uses_regions", False))
 
 
 def head_defaults(name: str) -> dict:

@@ -30,15 +30,18 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
-from vidfeat.features import ProvenanceMismatch, SequenceSource, StorePath, open_store, select_keys
+from vidfeat.features import FeatureStore, ProvenanceMismatch, SequenceSource, StorePath, open_store, select_keys
 from vidfeat.features.store import IDENTITY_FIELDS
 from vidfeat.temporal.data import (
+    Regions,
+    RegionSource,
     SequenceDataset,
     class_indices,
     fold_split,
+    require_regions,
     resolve_store_path,
 )
-from vidfeat.temporal.heads import create_head, resolve_options
+from vidfeat.temporal.heads import create_head, resolve_options, uses_regions
 from vidfeat.temporal.logreg import fit_logreg
 from vidfeat.temporal.sampling import check_sampling
 from vidfeat.temporal.training import (
@@ -142,7 +145,13 @@ def _write_log(rows: list[dict], path: Path) -> None:
 
 
 def _dataset(
-    source: SequenceSource, labels: dict[str, int], keys: list[str], sampling: dict, train: bool, seed: int
+    source: SequenceSource,
+    labels: dict[str, int],
+    keys: list[str],
+    sampling: dict,
+    train: bool,
+    seed: int,
+    regions: RegionSource | None = None,
 ) -> SequenceDataset:
     return SequenceDataset(
         source.subset(keys),
@@ -152,7 +161,19 @@ def _dataset(
         train=train,
         seed=seed,
         num_clips=1 if train else sampling["eval_clips"],
+        regions=regions.subset(keys) if regions is not None else None,
     )
+
+
+def _region_options(store: FeatureStore, head: str, options: dict, config: TrainConfig) -> dict:
+    """A region head's options completed with the store's RoI feature size; refuses stores without RoIs."""
+    rois = require_regions(store, head)
+    roi_dim = int(rois["feature_dim"])
+    if options.get("roi_dim") not in (None, roi_dim):
+        raise ValueError(f"roi_dim={options['roi_dim']} was given, but the store's region features are {roi_dim}-d")
+    if config.mixup > 0:
+        raise ValueError(f"mixup mixes frame features only, not regions; train {head!r} with mixup 0")
+    return {**options, "roi_dim": roi_dim}
 
 
 def train_run(
@@ -196,10 +217,13 @@ def train_run(
         provenance_hash = store.provenance_hash
         keys = split.train + split.val + split.test
         labels = dict(zip(keys, class_indices(store, keys)))
+        if uses_regions(head):
+            options = _region_options(store, head, options, config)
     source = SequenceSource.from_store(features_path, keys, in_memory)
-    train_set = _dataset(source, labels, split.train, sampling, True, seed)
-    val_set = _dataset(source, labels, split.val, sampling, False, seed) if split.val else None
-    test_set = _dataset(source, labels, split.test, sampling, False, seed)
+    regions = RegionSource.from_store(features_path, keys, in_memory, head) if uses_regions(head) else None
+    train_set = _dataset(source, labels, split.train, sampling, True, seed, regions)
+    val_set = _dataset(source, labels, split.val, sampling, False, seed, regions) if split.val else None
+    test_set = _dataset(source, labels, split.test, sampling, False, seed, regions)
 
     torch.manual_seed(seed)
     started = time.perf_counter()
@@ -357,30 +381,43 @@ def evaluate_run(
         labels = class_indices(store, test_keys)
     sampling = config["sampling"]
     source = SequenceSource.from_store(path, test_keys)
+    regions = RegionSource.from_store(path, test_keys, head=config["head"]) if uses_regions(config["head"]) else None
     test_set = SequenceDataset(
         source, labels, segments=sampling["segments"], mode=sampling["mode"], train=False,
-        num_clips=sampling["eval_clips"],
+        num_clips=sampling["eval_clips"], regions=regions,
     )
     metrics = evaluate(model, test_set, config["classes"], device=device)
     metrics.update(split="test", fold=config["fold"], head=config["head"], features=resolve_store_path(path))
     return metrics
 
 
-def predict_sequences(model: nn.Module, config: dict, sequences: Sequence[np.ndarray]) -> np.ndarray:
-    """``[N, C]`` class probabilities for ``[T, D]`` feature arrays, sampled the way the run evaluates."""
+def predict_sequences(
+    model: nn.Module, config: dict, sequences: Sequence[np.ndarray], regions: Sequence[Regions] | None = None
+) -> np.ndarray:
+    """``[N, C]`` class probabilities for ``[T, D]`` feature arrays, sampled the way the run evaluates.
+
+    A region head (``gcn``) also needs each video's ``(roi_features, boxes, roi_mask)`` as ``store.rois`` gives them.
+    """
     dims = {int(s.shape[1]) for s in sequences}
     if dims != {config["input_dim"]}:
         raise ValueError(
             f"the run expects {config['input_dim']}-d features, got {sorted(dims)}; extract with the run's backbone"
         )
+    if uses_regions(config["head"]) and (regions is None or len(regions) != len(sequences)):
+        raise ValueError(
+            f"the {config['head']!r} run needs the region features of every video; extract them with the run's "
+            f"RoI settings ({json.dumps(config['features']['provenance'].get('rois'))})"
+        )
+    source = SequenceSource.from_arrays(sequences)
     sampling = config["sampling"]
     dataset = SequenceDataset(
-        SequenceSource.from_arrays(sequences),
+        source,
         [0] * len(sequences),
         segments=sampling["segments"],
         mode=sampling["mode"],
         train=False,
         num_clips=sampling["eval_clips"],
+        regions=RegionSource(source.keys, arrays=regions) if uses_regions(config["head"]) else None,
     )
     return predict_proba(model, dataset, device=next(model.parameters()).device)
 

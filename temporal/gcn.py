@@ -1,0 +1,234 @@
+"""GCN over regions: the space-time region graph of Wang & Gupta, "Videos as Space-Time Region Graphs" (ECCV 2018).
+
+Every valid region (RoI) of every sampled step is a node. Two kinds of relation connect the nodes:
+
+* **similarity**: ``G_sim[i, j] = softmax_j((W_theta x_i)^T (W_phi x_j))`` over the valid nodes, which links
+  regions that look alike or are semantically related however far apart in time they are;
+* **spatio-temporal**: a *forward* graph from each box at step t to the boxes at t+1, weighted by their IoU
+  and row-normalised, and a *backward* graph from t to t-1 built the same way. Forward and backward messages
+  have their own weights, so unlike self-attention (a non-local block) the graph knows which way time runs.
+
+A layer computes ``Z = sum_g G_g X W_g`` over the graphs g, then ``X <- ReLU(LayerNorm(X + Z))``. The
+readout averages the valid nodes and concatenates the mean of the global frame features (the paper's
+pooled I3D feature), then dropout and a linear classifier. Padding (steps or region slots) never changes
+the logits: padded nodes are excluded from every graph and from the readout.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+GEOMETRY_DIM = 8  # x1 y1 x2 y2, centre x y, width, height (all normalised to [0, 1])
+
+
+def box_iou(a: Tensor, b: Tensor) -> Tensor:
+    """Pairwise IoU of ``a [..., R, 4]`` and ``b [..., S, 4]`` (x1 y1 x2 y2) -> ``[..., R, S]``; 0 for empty boxes."""
+    a, b = a.float(), b.float()
+    lo = torch.maximum(a[..., :, None, :2], b[..., None, :, :2])
+    hi = torch.minimum(a[..., :, None, 2:], b[..., None, :, 2:])
+    inter = (hi - lo).clamp_min(0).prod(-1)
+    area_a = (a[..., 2:] - a[..., :2]).clamp_min(0).prod(-1)
+    area_b = (b[..., 2:] - b[..., :2]).clamp_min(0).prod(-1)
+    union = area_a[..., :, None] + area_b[..., None, :] - inter
+    return torch.where(union > 0, inter / union.clamp_min(1e-12), torch.zeros_like(inter))
+
+
+def _row_normalise(weights: Tensor) -> Tensor:
+    """Rows sum to 1; a row without any edge (no overlapping box in the neighbouring step) stays all zero."""
+    total = weights.sum(-1, keepdim=True)
+    return weights / torch.where(total > 0, total, torch.ones_like(total))
+
+
+def temporal_graphs(boxes: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
+    """The spatio-temporal graphs as per-step blocks, ``[B, T, R, R]`` each.
+
+    ``forward[b, t, i, j]`` is the row-normalised IoU between box i at step t and box j at step t+1 (zero at
+    the last step); ``backward[b, t, i, j]`` links box i at t to box j at t-1 (zero at the first step). Only
+    neighbouring steps are connected, so storing the blocks instead of a dense ``[N, N]`` matrix costs T*R^2.
+    """
+    pair = valid[:, :-1, :, None] & valid[:, 1:, None, :]
+    iou = box_iou(boxes[:, :-1], boxes[:, 1:]) * pair  # [B, T-1, R(t), R(t+1)]
+    zeros = iou.new_zeros(boxes.shape[0], 1, boxes.shape[2], boxes.shape[2])
+    forward = torch.cat([_row_normalise(iou), zeros], dim=1)
+    backward = torch.cat([zeros, _row_normalise(iou.transpose(-1, -2))], dim=1)
+    return forward, backward
+
+
+def similarity_graph(theta: Tensor, phi: Tensor, valid: Tensor) -> Tensor:
+    """``[B, N, N]`` softmax over valid j of ``theta_i . phi_j / sqrt(d)``; rows and columns of padded nodes are 0.
+
+    The 1/sqrt(d) scaling (absorbed into W_theta in the paper) keeps the softmax from saturating at init.
+    """
+    scores = theta @ phi.transpose(1, 2) / math.sqrt(theta.shape[-1])
+    scores = scores.masked_fill(~valid[:, None, :], torch.finfo(scores.dtype).min)
+    graph = torch.softmax(scores.float(), dim=-1)
+    return graph * (valid[:, :, None] & valid[:, None, :])
+
+
+def box_geometry(boxes: Tensor, valid: Tensor, centred: bool = True) -> Tensor:
+    """``[B, T, R, 4]`` normalised boxes -> ``[B, T, R, 8]`` geometry (corners, centre, size) for the box embedding.
+
+    ``centred``: positions are taken relative to the mean centre of the clip's valid boxes. A relation does not
+    depend on where in the frame it happens; in image coordinates a head memorises positions instead (on the
+    relational benchmark, 96 training videos: 84% vs 57% test accuracy from boxes alone).
+    """
+    centre = (boxes[..., :2] + boxes[..., 2:]) / 2
+    size = boxes[..., 2:] - boxes[..., :2]
+    if centred:
+        weights = valid.unsqueeze(-1).to(boxes.dtype)
+        origin = (centre * weights).sum((1, 2), keepdim=True) / weights.sum((1, 2), keepdim=True).clamp_min(1)
+        boxes, centre = boxes - origin.repeat(1, 1, 1, 2), centre - origin
+    return torch.cat([boxes, centre, size], dim=-1)
+
+
+class GraphLayer(nn.Module):
+    """One graph convolution ``X <- ReLU(LayerNorm(X + sum_g G_g X W_g))`` over the enabled graphs."""
+
+    def __init__(self, dim: int, similarity: bool, spatiotemporal: bool, dropout: float) -> None:
+        super().__init__()
+        self.similarity, self.spatiotemporal = similarity, spatiotemporal
+        if similarity:
+            self.theta = nn.Linear(dim, dim, bias=False)
+            self.phi = nn.Linear(dim, dim, bias=False)
+            self.w_sim = nn.Linear(dim, dim, bias=False)
+        if spatiotemporal:
+            self.w_forward = nn.Linear(dim, dim, bias=False)
+            self.w_backward = nn.Linear(dim, dim, bias=False)
+        self.dropout = nn.Dropout(dropout)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, h: Tensor, valid: Tensor, forward_graph: Tensor | None, backward_graph: Tensor | None) -> Tensor:
+        """``h [B, T, R, d]`` node features, ``valid [B, T, R]``; returns updated features, zero at padded nodes."""
+        b, t, r, d = h.shape
+        z = torch.zeros_like(h)
+        if self.similarity:
+            flat, flat_valid = h.reshape(b, t * r, d), valid.reshape(b, t * r)
+            graph = similarity_graph(self.theta(flat), self.phi(flat), flat_valid).to(h.dtype)
+            z = z + (graph @ self.w_sim(flat)).reshape(b, t, r, d)
+        if self.spatiotemporal:
+            # Node (t, i) gathers W_f x from the boxes at t+1 and W_b x from those at t-1 (G X W = G (X W)).
+            ahead = torch.cat([self.w_forward(h[:, 1:]), h.new_zeros(b, 1, r, d)], dim=1)
+            behind = torch.cat([h.new_zeros(b, 1, r, d), self.w_backward(h[:, :-1])], dim=1)
+            z = z + forward_graph.to(h.dtype) @ ahead + backward_graph.to(h.dtype) @ behind
+        return torch.relu(self.norm(h + self.dropout(z))) * valid.unsqueeze(-1).to(h.dtype)
+
+
+class GCNHead(nn.Module):
+    """Space-time region graph head: RoI nodes, similarity + forward/backward IoU graphs, mean readout.
+
+    ``forward(x, mask, rois, boxes, roi_mask)``: ``x [B, T, D]`` global step features and ``mask [B, T]`` as
+    for every head, plus the regions of each step: ``rois [B, T, R, Dr]`` features, ``boxes [B, T, R, 4]``
+    normalised x1 y1 x2 y2 and ``roi_mask [B, T, R]`` (True = a real region). ``roi_dim`` (Dr) defaults to
+    ``input_dim``; the runner sets it from the store. Ablations: ``similarity=False`` or
+    ``spatiotemporal=False`` drops that graph, ``global_branch=False`` reads out the region nodes only,
+    ``appearance=False`` builds the nodes from box geometry only (RoI features unused), ``box_embedding=False``
+    leaves the geometry out of the node features (it still shapes the IoU graphs), as in the paper, and
+    ``centred_boxes=False`` embeds image positions instead of positions relative to the clip's mean box centre.
+
+    Appearance and geometry are mixed in every node, which lets the head learn relations between what an
+    object is and how it moves, and also lets it memorise training videos by pairing a video's look with its
+    motion. With few training videos whose appearance says nothing about the class (the relational
+    benchmark, :mod:`vidfeat.pipelines.relational`), ``appearance=False`` generalises far better.
+    """
+
+    uses_regions = True  # the runner feeds rois/boxes/roi_mask from the store (see temporal.runs)
+
+    def __init__(
+        self,
+        input_dim: int,
+        num_classes: int,
+        roi_dim: int | None = None,
+        hidden: int = 512,
+        layers: int = 2,
+        similarity: bool = True,
+        spatiotemporal: bool = True,
+        global_branch: bool = True,
+        appearance: bool = True,
+        box_embedding: bool = True,
+        centred_boxes: bool = True,
+        graph_dropout: float = 0.0,
+        dropout: float = 0.2,
+    ) -> None:
+        super().__init__()
+        if not (appearance or box_embedding):
+            raise ValueError("gcn nodes need features: keep appearance=true (RoI features) or box_embedding=true")
+        if not (similarity or spatiotemporal):
+            raise ValueError(
+                "gcn needs at least one graph: keep similarity=true or spatiotemporal=true "
+                "(with neither, it would be an order-blind mean over regions)"
+            )
+        if layers < 1 or hidden < 1:
+            raise ValueError(f"gcn needs layers >= 1 and hidden >= 1, got layers={layers}, hidden={hidden}")
+        self.input_dim, self.roi_dim = input_dim, roi_dim or input_dim
+        self.hidden, self.global_branch, self.appearance = hidden, global_branch, appearance
+        self.box_embedding, self.centred_boxes = box_embedding, centred_boxes
+        if appearance:
+            self.reduce = nn.Linear(self.roi_dim, hidden)
+            self.appearance_norm = nn.LayerNorm(hidden)
+        if box_embedding:
+            self.geometry = nn.Sequential(nn.Linear(GEOMETRY_DIM, hidden), nn.ReLU(), nn.Linear(hidden, hidden))
+            self.geometry_norm = nn.LayerNorm(hidden)
+        self.layers = nn.ModuleList(
+            GraphLayer(hidden, similarity, spatiotemporal, graph_dropout) for _ in range(layers)
+        )
+        self.spatiotemporal = spatiotemporal
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(hidden + (input_dim if global_branch else 0), num_classes)
+
+    def _check(self, x: Tensor, mask: Tensor, rois: Tensor | None, boxes: Tensor | None, roi_mask: Tensor | None):
+        if rois is None or boxes is None or roi_mask is None:
+            raise ValueError(
+                "the gcn head needs region features (rois, boxes, roi_mask) besides the frame features; "
+                "train it on a store extracted with `vidfeat extract ... --rois SOURCE`"
+            )
+        if x.dim() != 3 or x.shape[-1] != self.input_dim:
+            raise ValueError(f"gcn expects global features [B, T, {self.input_dim}], got shape {tuple(x.shape)}")
+        b, t = x.shape[:2]
+        if mask.shape != (b, t) or mask.dtype != torch.bool:
+            raise ValueError(f"mask must be bool [B, T] = {(b, t)}, got {mask.dtype} {tuple(mask.shape)}")
+        if rois.dim() != 4 or rois.shape[:2] != (b, t) or rois.shape[-1] != self.roi_dim:
+            raise ValueError(
+                f"rois must be [B, T, R, {self.roi_dim}] with B, T = {(b, t)}, got shape {tuple(rois.shape)}"
+            )
+        r = rois.shape[2]
+        if boxes.shape != (b, t, r, 4):
+            raise ValueError(f"boxes must be [B, T, R, 4] = {(b, t, r, 4)}, got shape {tuple(boxes.shape)}")
+        if roi_mask.shape != (b, t, r) or roi_mask.dtype != torch.bool:
+            raise ValueError(
+                f"roi_mask must be bool [B, T, R] = {(b, t, r)}, got {roi_mask.dtype} {tuple(roi_mask.shape)}"
+            )
+
+    def forward(
+        self,
+        x: Tensor,
+        mask: Tensor,
+        rois: Tensor | None = None,
+        boxes: Tensor | None = None,
+        roi_mask: Tensor | None = None,
+    ) -> Tensor:
+        self._check(x, mask, rois, boxes, roi_mask)
+        valid = roi_mask & mask.unsqueeze(-1)
+        keep = valid.unsqueeze(-1)
+        # Garbage in padded slots must not leak in, not even as NaN * 0.
+        boxes = torch.where(keep, boxes.float(), torch.zeros_like(boxes, dtype=torch.float32))
+        # Each part is normalised on its own, so a 2048-d RoI feature cannot drown the 8 numbers of its box.
+        h = torch.zeros(*valid.shape, self.hidden, dtype=x.dtype, device=x.device)
+        if self.appearance:
+            h = h + self.appearance_norm(self.reduce(torch.where(keep, rois, torch.zeros_like(rois))))
+        if self.box_embedding:
+            h = h + self.geometry_norm(self.geometry(box_geometry(boxes, valid, self.centred_boxes))).to(h.dtype)
+        h = h * keep.to(h.dtype)
+        forward_graph = backward_graph = None
+        if self.spatiotemporal:
+            forward_graph, backward_graph = temporal_graphs(boxes, valid)
+        for layer in self.layers:
+            h = layer(h, valid, forward_graph, backward_graph)
+        count = valid.flatten(1).sum(1, keepdim=True).clamp_min(1).to(h.dtype)
+        feat = h.flatten(1, 2).sum(1) / count
+        if self.global_branch:
+            pooled = torch.where(mask.unsqueeze(-1), x, torch.zeros_like(x)).sum(1)
+            pooled = pooled / mask.sum(1, keepdim=True).clamp_min(1).to(x.dtype)
+            feat = torch.cat([feat, pooled.to(feat.dtype)], dim=-1)
+        return self.fc(self.dropout(feat))
