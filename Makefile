@@ -20,7 +20,7 @@ RUN := $(RUNS_DIR)/$(basename $(notdir $(STORE)))_$(HEAD)$(if $(filter-out 1,$(F
 RUN_RESULT := $(RUN)/$(if $(filter all,$(FOLD)),summary.json,metrics.json)
 DEMO_HEADS := mean logreg lstm tcn transformer
 
-.PHONY: setup test extract train demo bench bench-train
+.PHONY: setup test extract train demo demo-relational bench bench-train
 
 setup: $(STAMP)
 
@@ -48,11 +48,30 @@ $(RUN_RESULT): $(STORE) | $(STAMP)
 	rm -rf $(RUN)
 	$(VIDFEAT) train-temporal --head $(HEAD) --features $(STORE) --fold $(FOLD) --out $(RUN) --no-progress $(TRAIN_FLAGS)
 
+# The relational benchmark: region features from its ground-truth boxes; mean vs lstm vs the GCN over RoIs.
+REL_STORE := $(FEATURES_DIR)/relational_$(BACKBONE)_fps4_rois.h5
+REL_RUNS := $(RUNS_DIR)/relational
+
+$(REL_STORE): | $(STAMP)
+	mkdir -p $(FEATURES_DIR)
+	$(VIDFEAT) extract --dataset relational --data-root data/relational --backbone $(BACKBONE) --fps 4 \
+		--rois file:data/relational/boxes.csv --max-rois 4 --out $@ || { touch -c -d @0 $@; exit 1; }
+
+demo-relational: $(REL_STORE)
+	rm -rf $(REL_RUNS)
+	$(VIDFEAT) train-temporal --head mean --features $(REL_STORE) --out $(REL_RUNS)/mean --no-progress > /dev/null
+	$(VIDFEAT) train-temporal --head lstm --features $(REL_STORE) --out $(REL_RUNS)/lstm --no-progress > /dev/null
+	$(VIDFEAT) train-temporal --head gcn --features $(REL_STORE) --out $(REL_RUNS)/gcn --no-progress > /dev/null
+	$(VIDFEAT) train-temporal --head gcn -o appearance=false --features $(REL_STORE) --out $(REL_RUNS)/gcn_boxes \
+		--no-progress > /dev/null
+	$(VIDFEAT) compare $(REL_RUNS)/mean $(REL_RUNS)/lstm $(REL_RUNS)/gcn $(REL_RUNS)/gcn_boxes
+
 demo: $(STAMP)
 	$(MAKE) --no-print-directory extract DATASET=sample
 	$(VIDFEAT) features info $(STORE)
 	for head in $(DEMO_HEADS); do $(MAKE) --no-print-directory train DATASET=sample HEAD=$$head || exit 1; done
 	$(PY) -m vidfeat.pipelines.demo $(foreach head,$(DEMO_HEADS),$(RUNS_DIR)/$(basename $(notdir $(STORE)))_$(head))
+	$(MAKE) --no-print-directory demo-relational
 
 bench: $(STAMP)
 	$(PY) -m vidfeat.extract.bench
