@@ -22,16 +22,13 @@ from __future__ import annotations
 import csv
 import json
 import os
-import shutil
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from vidfeat.pipelines.datasets import DatasetError
-from vidfeat.pipelines.sample import _box_mask, _disk_mask, encode_frames
+from vidfeat.pipelines.sample import _box_mask, _disk_mask, encode_frames, ensure_generated
 
 GENERATOR_VERSION = 1
 DEFAULT_ROOT = Path("data") / "relational"
@@ -301,36 +298,5 @@ def generate_into(target: Path) -> None:
 
 
 def ensure_relational(root: Path | str = DEFAULT_ROOT) -> Path:
-    """Generate the relational dataset into ``root`` unless a complete one of this version is there; returns root.
-
-    Generation happens in a temporary sibling folder renamed into place, so an interrupted run never leaves a
-    half-written dataset behind; a non-empty folder that is not ours is never overwritten.
-    """
-    root = Path(root).expanduser().absolute()
-    if is_complete(root):
-        return root
-    if root.exists():
-        if not root.is_dir():
-            raise DatasetError(f"relational: {root} exists and is not a folder; choose another --data-root")
-        if any(root.iterdir()) and not (root / MARKER).exists():
-            raise DatasetError(
-                f"relational: {root} is not empty and holds no vidfeat relational dataset (no {MARKER}); "
-                "choose an empty or new folder as --data-root, or delete this one"
-            )
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = root.parent / f".{root.name}.tmp-{uuid.uuid4().hex}"
-    tmp.mkdir()
-    try:
-        generate_into(tmp)
-        if root.exists():
-            old = root.parent / f".{root.name}.old-{uuid.uuid4().hex}"
-            os.replace(root, old)
-            shutil.rmtree(old)
-        try:
-            os.replace(tmp, root)
-        except OSError:
-            if not is_complete(root):  # another process finished first -> fine; anything else is an error
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return root
+    """Generate the relational dataset into ``root`` unless a complete one of this version is there; returns root."""
+    return ensure_generated(root, "relational", MARKER, is_complete, generate_into)

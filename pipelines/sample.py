@@ -17,6 +17,7 @@ import subprocess
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -269,20 +270,27 @@ def generate_into(target: Path) -> None:
 
 
 def ensure_sample(root: Path | str = DEFAULT_ROOT) -> Path:
-    """Generate the sample dataset into `root` unless a complete one of this version is there; returns root.
+    """Generate the sample dataset into `root` unless a complete one of this version is there; returns root."""
+    return ensure_generated(root, "sample", MARKER, is_complete, generate_into)
+
+
+def ensure_generated(
+    root: Path | str, name: str, marker: str, is_complete: Callable[[Path], bool], generate_into: Callable[[Path], None]
+) -> Path:
+    """Generate an embedded dataset into `root` unless `is_complete(root)`; returns root.
 
     Generation happens in a temporary sibling folder that is renamed into place, so an interrupted run never
-    leaves a half-written dataset behind. A folder that is not ours is never overwritten.
+    leaves a half-written dataset behind. A folder that is not ours (no `marker` file) is never overwritten.
     """
     root = Path(root).expanduser().absolute()
     if is_complete(root):
         return root
     if root.exists():
         if not root.is_dir():
-            raise DatasetError(f"sample: {root} exists and is not a folder; choose another --data-root")
-        if any(root.iterdir()) and not (root / MARKER).exists():
+            raise DatasetError(f"{name}: {root} exists and is not a folder; choose another --data-root")
+        if any(root.iterdir()) and not (root / marker).exists():
             raise DatasetError(
-                f"sample: {root} is not empty and holds no vidfeat sample (no {MARKER}); "
+                f"{name}: {root} is not empty and holds no vidfeat {name} dataset (no {marker}); "
                 "choose an empty or new folder as --data-root, or delete this one"
             )
     root.parent.mkdir(parents=True, exist_ok=True)
