@@ -143,11 +143,31 @@ def backbone_for(provenance: dict, weights: str | None = None) -> Backbone:
     if backbone.weights_id != recorded:
         mismatches.append(f"  weights: recorded {recorded} vs available {backbone.weights_id}")
     described = backbone.preprocessing.describe()
+    if provenance.get("rois") is not None:  # region stores see the whole frame at their own size (--roi-size)
+        described = {**described, "resize": provenance["preprocessing"]["resize"], "crop": None}
     if json.dumps(described, sort_keys=True) != json.dumps(provenance["preprocessing"], sort_keys=True):
         mismatches.append(f"  preprocessing: recorded {provenance['preprocessing']} vs available {described}")
     if mismatches:
         raise ProvenanceMismatch("cannot reproduce the features this run was trained on:\n" + "\n".join(mismatches))
     return backbone
+
+
+def _region_options(provenance: dict) -> dict:
+    """Extraction options that reproduce a store's regions for new videos. Box files only cover the videos
+    they were written for, so only grid and detector sources can be reproduced."""
+    rois = provenance.get("rois")
+    if rois is None:
+        return {}
+    source = rois["source"]
+    if source.startswith("file:"):
+        raise ValueError(
+            f"this run's regions came from a box file ({source}), which has no boxes for new videos; "
+            "train on a store extracted with --rois grid:RxC or detector:NAME to predict on new videos"
+        )
+    detector_weights = {"none": "none"}.get(rois.get("weights"))
+    return {"rois": source, "max_rois": None if source.startswith("grid:") else rois["max_rois"],
+            "roi_size": provenance["preprocessing"]["resize"], "detector_weights": detector_weights,
+            "roi_score_threshold": rois.get("score_threshold", 0.5)}
 
 
 @dataclass
@@ -171,7 +191,7 @@ def predict(
     backbone = backbone_for(provenance, weights)
     options = ExtractOptions(
         sampling=Sampling.from_description(provenance["sampling"]), device=device, dtype=provenance["dtype"],
-        progress=False,
+        progress=False, **_region_options(provenance),
     )
     jobs = [VideoJob(f"video{i:06d}", Path(v)) for i, v in enumerate(videos)]
     with tempfile.TemporaryDirectory(prefix="vidfeat-predict-") as tmp:
@@ -179,10 +199,11 @@ def predict(
         extract_videos(jobs, store_path, backbone, options, {"name": "predict"}, [], 0)
         with open_store(store_path) as store:
             sequences = {job.key: store.features(job.key) for job in jobs if job.key in store}
+            regions = [store.rois(key) for key in sequences] if options.rois is not None else None
             errors = {key: error for key, _, error in store.failure_records()}
     predictions = [Prediction(job.path, error=errors.get(job.key, "")) for job in jobs]
     if sequences:
-        proba = predict_sequences(model, config, list(sequences.values()))
+        proba = predict_sequences(model, config, list(sequences.values()), regions)
         by_key = dict(zip(sequences, proba))
         classes = config["classes"]
         for job, prediction in zip(jobs, predictions):

@@ -105,3 +105,30 @@ def test_pool_regions_matches_a_hand_computed_max():
     assert torch.allclose(pooled[:, 0], feature_map.amax(dim=(2, 3)), atol=0.5)
     assert (pooled[:, 1] < pooled[:, 0]).all()
     assert GridBoxes(1, 2).boxes("k", np.arange(3), 10, 10, None)[0].shape == (3, 3, 4)
+
+
+def test_predict_with_a_region_run_extracts_regions_the_same_way(tmp_path):
+    """A gcn run on a grid-RoI store classifies new videos: predict re-extracts the same regions."""
+    import csv
+
+    from videogen import make_video
+
+    rows = []
+    for label, pattern in (("plain", "testsrc"), ("counter", "counter")):
+        for i in range(4):
+            path = tmp_path / label / f"{i}.mp4"
+            path.parent.mkdir(exist_ok=True)
+            make_video(path, size=(48, 48), fps=4, seconds=1, pattern=pattern)
+            rows.append([f"{label}/{i}.mp4", label, "train" if i < 2 else "test"])
+    with open(tmp_path / "list.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["path", "label", "split"], *rows])
+    store = tmp_path / "g.h5"
+    assert run_cli("extract", "--dataset", "list", "--list", tmp_path / "list.csv", "--out", store,
+                   "--rois", "grid:1x2", "--roi-size", "64").exit_code == 0
+    trained = run_cli("train-temporal", "--head", "gcn", "--features", store, "--out", tmp_path / "run",
+                      "--epochs", "3", "-o", "hidden=32")
+    assert trained.exit_code == 0, trained.output
+    result = CliRunner().invoke(main, ["predict", str(tmp_path / "run"), str(tmp_path / "plain" / "3.mp4")])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].endswith("3.mp4") and {lines[1].split()[-1], lines[2].split()[-1]} == {"plain", "counter"}
