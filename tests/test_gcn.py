@@ -29,13 +29,7 @@ from vidfeat.temporal.runs import evaluate_run, load_run, predict_sequences, tra
 from vidfeat.temporal.synthetic import synthetic_provenance, write_ramp_store
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny heads run fastest on one thread."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def small_head(**options) -> GCNHead:

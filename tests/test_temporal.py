@@ -50,13 +50,7 @@ SMALL = {
 FAST = {"batch_size": 16}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny heads run fastest on one thread (multi-threaded kernels on tiny tensors are pure overhead)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")
