@@ -3,7 +3,8 @@
 A box source answers "which R boxes does row t of this video have"; boxes are stored normalised to [0, 1]
 (x1, y1, x2, y2) relative to the upright (display) frame, padded to R slots with a mask. Region features are
 ``roi_align`` (7x7, on the backbone's last spatial map of the full, uncropped frame) max-pooled to D, as in
-Wang & Gupta's space-time region graphs.
+Wang & Gupta's space-time region graphs. Rows of clip stores are windows: their boxes are those of the window's
+centre frame, pooled from the clip map's output time step that covers it (the runner picks the step).
 """
 from __future__ import annotations
 

@@ -161,7 +161,10 @@ def build_provenance(
         "kind": backbone.kind,
         "window": windowing.describe() if windowing is not None else None,
         "rois": {**boxes.describe(), "feature_dim": backbone.extractor.feature_dim,
-                 "pooling": f"roi_align {ROI_OUTPUT_SIZE}x{ROI_OUTPUT_SIZE} on the last map, then max"}
+                 "pooling": f"roi_align {ROI_OUTPUT_SIZE}x{ROI_OUTPUT_SIZE} on the last map, then max",
+                 **({"boxes_at": "the window's centre frame",
+                     "time_step": "the output time step whose input span holds the centre frame"}
+                    if windowing is not None else {})}
         if boxes is not None else None,
         "backbone": backbone.name,
         "weights": backbone.weights_id,
@@ -203,6 +206,11 @@ class _Plan:
     geometry: Geometry
     windowing: Windowing | None
     boxes: BoxSource | None
+
+
+def _box_frames(pixels: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """The frames boxes are found on: the frames themselves, or each window's centre frame (what detectors see)."""
+    return pixels if pixels.ndim == 4 else pixels[np.arange(len(pixels)), centres]
 
 
 def _concat_regions(regions: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> dict:
@@ -280,6 +288,7 @@ class _Decoder:
         return (
             "rows", vid, size, np.stack([r.pixels for r in rows]), np.array([r.timestamp for r in rows]),
             np.array([r.index for r in rows]), np.array([(r.first, r.last) for r in rows], dtype=np.int64),
+            np.array([r.centre for r in rows]),
         )
 
     def messages(self):
@@ -321,12 +330,24 @@ class _Model:
         return features.float().cpu().numpy()
 
     @torch.inference_mode()
-    def with_regions(self, frames: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Global features and [B, R, D] region features from one pass over the full frames."""
+    def with_regions(
+        self, pixels: np.ndarray, boxes: np.ndarray, centres: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Global features and [B, R, D] region features from one pass over the full frames or clips.
+
+        A clip's map is [B, D, T', H', W'], one spatial map per output time step; a window's boxes belong to the
+        frame at position ``centre``, so its regions are pooled from the time step whose input span holds that
+        frame (I3D: step ``centre // 8``), where the boxes and the map show the same moment."""
         with self._autocast():
-            feature_map = self.extractor.feature_map(self._to_device(frames))
-        regions = pool_regions(feature_map, torch.from_numpy(boxes).to(self.device), frames.shape[1:3])
-        return feature_map.float().mean(dim=(2, 3)).cpu().numpy(), regions.cpu().numpy()
+            if pixels.ndim == 5:
+                features, clip_map = self.extractor.features_and_map(self._to_device(pixels))
+                steps = torch.from_numpy(centres * clip_map.shape[2] // pixels.shape[1]).to(self.device)
+                feature_map = clip_map[torch.arange(len(pixels), device=self.device), :, steps]
+            else:
+                feature_map = self.extractor.feature_map(self._to_device(pixels))
+                features = feature_map.float().mean(dim=(2, 3))
+        regions = pool_regions(feature_map, torch.from_numpy(boxes).to(self.device), pixels.shape[-3:-1])
+        return features.float().cpu().numpy(), regions.cpu().numpy()
 
 
 def extract_videos(
@@ -352,8 +373,12 @@ def extract_videos(
     geometry = input_geometry(backbone, options)
     boxes = None
     if options.rois is not None:
-        if windowing is not None:
-            raise ValueError(f"--rois works with per-frame backbones; {backbone.name} extracts clip windows")
+        if windowing is not None and backbone.extractor.fixed_size is not None:
+            frames, height, width = backbone.extractor.fixed_size
+            raise ValueError(
+                f"--rois needs the whole, uncropped frame, but {backbone.name} only takes clips of exactly {frames} "
+                f"frames of {height}x{width}; extract regions with i3d, r3d_18, mc3_18, r2plus1d_18, s3d or swin3d_t"
+            )
         boxes = parse_roi_source(
             options.rois, options.max_rois, {job.key for job in jobs}, score_threshold=options.roi_score_threshold,
             classes=list(options.roi_classes) or None, detector_weights=options.detector_weights, device=device,
@@ -461,11 +486,11 @@ def _run(
         if plan.boxes is None:
             features, regions = model(pixels), None
         else:
-            boxes, masks = zip(*(plan.boxes.boxes(videos[vid].job.key, indices, *size, frames)
-                                 for vid, size, frames, _, indices, _ in chunks))
-            features, regions = model.with_regions(pixels, np.concatenate(boxes))
+            boxes, masks = zip(*(plan.boxes.boxes(videos[vid].job.key, indices, *size, _box_frames(frames, centres))
+                                 for vid, size, frames, _, indices, _, centres in chunks))
+            features, regions = model.with_regions(pixels, np.concatenate(boxes), np.concatenate([c[6] for c in chunks]))
         offset = 0
-        for i, (vid, _, frames, stamps, indices, ranges) in enumerate(chunks):
+        for i, (vid, _, frames, stamps, indices, ranges, _) in enumerate(chunks):
             video = videos[vid]
             n = len(frames)
             video.features.append(features[offset:offset + n].astype(options.dtype))

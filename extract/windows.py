@@ -24,6 +24,7 @@ class Row(NamedTuple):
     index: int               # source frame index: the frame itself, or the window's centre frame
     first: int               # first and last source frame the row covers
     last: int
+    centre: int = 0          # position of the ``index`` frame within ``pixels`` (windows: where its boxes apply)
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ def _window(frames: list[Frame]) -> Row:
         centre.index,
         frames[0].index,
         frames[-1].index,
+        len(frames) // 2,
     )
 
 
@@ -74,7 +76,8 @@ def window_rows(frames: Iterable[Frame], windowing: Windowing) -> Iterator[Row]:
         looped = [held[i % count] for i in range(windowing.clip_len)]
         row = _window(looped)
         yield row._replace(
-            timestamp=(held[0].timestamp + held[-1].timestamp) / 2, index=held[count // 2].index, last=held[-1].index
+            timestamp=(held[0].timestamp + held[-1].timestamp) / 2, index=held[count // 2].index, last=held[-1].index,
+            centre=count // 2,
         )
     elif last_end < count - 1:
         yield _window(list(held))

@@ -170,6 +170,17 @@ def _region_options(provenance: dict) -> dict:
             "roi_score_threshold": rois.get("score_threshold", 0.5)}
 
 
+def reproducing_options(provenance: dict, device: str = "auto") -> ExtractOptions:
+    """Extraction options that give new videos the rows a store's videos have: its sampling, dtype, clip
+    windows and regions (the backbone and preprocessing are checked by `backbone_for`)."""
+    window = provenance.get("window") or {}
+    return ExtractOptions(
+        sampling=Sampling.from_description(provenance["sampling"]), device=device, dtype=provenance["dtype"],
+        clip_len=window.get("clip_len"), clip_stride=window.get("stride"), progress=False,
+        **_region_options(provenance),
+    )
+
+
 @dataclass
 class Prediction:
     video: Path
@@ -189,10 +200,7 @@ def predict(
     model, config = load_run(run_dir)
     provenance = config["features"]["provenance"]
     backbone = backbone_for(provenance, weights)
-    options = ExtractOptions(
-        sampling=Sampling.from_description(provenance["sampling"]), device=device, dtype=provenance["dtype"],
-        progress=False, **_region_options(provenance),
-    )
+    options = reproducing_options(provenance, device)
     jobs = [VideoJob(f"video{i:06d}", Path(v)) for i, v in enumerate(videos)]
     with tempfile.TemporaryDirectory(prefix="vidfeat-predict-") as tmp:
         store_path = Path(tmp) / "features.h5"

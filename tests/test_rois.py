@@ -7,7 +7,10 @@ import torch
 from click.testing import CliRunner
 
 from videogen import make_video
+from vidfeat.extract.backbones import create_backbone
 from vidfeat.extract.rois import GridBoxes, pool_regions
+from vidfeat.extract.video import Geometry, Sampling, VideoReader
+from vidfeat.extract.windows import Windowing, window_rows
 from vidfeat.features import open_store
 from vidfeat.pipelines.cli import main
 
@@ -97,6 +100,47 @@ def test_detector_weights_follow_the_offline_rules(videos, tmp_path, monkeypatch
         assert s.attrs["rois"]["weights"] == "none"
 
 
+def test_clip_regions_come_from_the_time_step_under_the_window_centre(tmp_path):
+    """I3D (random init): a window's regions are roi_align on the output time step whose input span holds the
+    window's centre frame, with that frame's boxes; recomputed here from the decoded windows."""
+    make_video(tmp_path / "v.mp4", size=(64, 48), fps=25, seconds=1.2)
+    make_video(tmp_path / "short.mp4", size=(64, 48), fps=25, seconds=0.4, pattern="counter")
+    out = tmp_path / "clips.h5"
+    result = run_cli("extract", tmp_path / "v.mp4", tmp_path / "short.mp4", "--out", out, "--backbone", "i3d",
+                     "--weights", "none", "--clip-len", "16", "--rois", "grid:1x2", "--roi-size", "64")
+    assert result.exit_code == 0, result.output
+    extractor = create_backbone("i3d", "none").extractor
+    with open_store(out) as s:
+        assert s.attrs["rois"]["boxes_at"] == "the window's centre frame"
+        geometry = Geometry(s.attrs["preprocessing"]["resize"], None, s.attrs["preprocessing"]["interpolation"])
+        steps_seen = set()
+        for key in ("v", "short"):
+            feats, boxes, mask = s.rois(key)
+            reader = VideoReader(tmp_path / f"{key}.mp4", Sampling.from_description(s.attrs["sampling"]), geometry)
+            windows = list(window_rows(reader, Windowing(16, 8)))
+            assert feats.shape == (len(windows), 3, 1024) and mask.all() and len(s.features(key)) == len(windows)
+            np.testing.assert_array_equal(s.frame_indices(key), [w.index for w in windows])
+            for window, stored, window_boxes in zip(windows, feats, boxes):
+                with torch.inference_mode():
+                    clip_map = extractor.feature_map(torch.from_numpy(window.pixels[None]))  # [1, D, 2, H', W']
+                step = window.centre * clip_map.shape[2] // 16
+                steps_seen.add(step)
+                size, window_boxes = window.pixels.shape[1:3], torch.from_numpy(window_boxes[None])
+                expected = pool_regions(clip_map[:, :, step], window_boxes, size)
+                other = pool_regions(clip_map[:, :, 1 - step], window_boxes, size)
+                np.testing.assert_allclose(stored.astype(np.float32), expected[0].numpy(), rtol=1e-2, atol=1e-2)
+                assert not np.allclose(stored.astype(np.float32), other[0].numpy(), rtol=1e-2, atol=1e-2)
+        assert steps_seen == {0, 1}  # full windows centre on step 1 of 2, the looped 10-frame video on step 0
+
+
+def test_regions_are_refused_for_clip_backbones_that_need_a_fixed_crop(videos, tmp_path):
+    result = run_cli("extract", videos / "a.mp4", "--out", tmp_path / "m.h5", "--backbone", "mvit_v2_s",
+                     "--weights", "none", "--rois", "grid:1x2")
+    assert result.exit_code == 1
+    assert "mvit_v2_s only takes clips of exactly 16 frames of 224x224" in result.output and "i3d" in result.output
+    assert not (tmp_path / "m.h5").exists()
+
+
 def test_pool_regions_matches_a_hand_computed_max():
     feature_map = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).reshape(2, 3, 4, 4)
     boxes = torch.tensor([[[0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 0.5, 0.5]]] * 2)
@@ -107,8 +151,11 @@ def test_pool_regions_matches_a_hand_computed_max():
     assert GridBoxes(1, 2).boxes("k", np.arange(3), 10, 10, None)[0].shape == (3, 3, 4)
 
 
-def test_predict_with_a_region_run_extracts_regions_the_same_way(tmp_path):
-    """A gcn run on a grid-RoI store classifies new videos: predict re-extracts the same regions."""
+@pytest.mark.parametrize("backbone", [[], ["--backbone", "i3d", "--weights", "none", "--clip-len", "4"]],
+                         ids=["frames", "clips"])
+def test_predict_with_a_region_run_extracts_regions_the_same_way(tmp_path, backbone):
+    """A gcn run on a grid-RoI store (frames, or I3D windows) classifies new videos: predict re-extracts the
+    same regions, windows included."""
     import csv
 
     from videogen import make_video
@@ -118,13 +165,13 @@ def test_predict_with_a_region_run_extracts_regions_the_same_way(tmp_path):
         for i in range(4):
             path = tmp_path / label / f"{i}.mp4"
             path.parent.mkdir(exist_ok=True)
-            make_video(path, size=(48, 48), fps=4, seconds=1, pattern=pattern)
+            make_video(path, size=(48, 48), fps=8, seconds=1, pattern=pattern)
             rows.append([f"{label}/{i}.mp4", label, "train" if i < 2 else "test"])
     with open(tmp_path / "list.csv", "w", newline="") as f:
         csv.writer(f).writerows([["path", "label", "split"], *rows])
     store = tmp_path / "g.h5"
     assert run_cli("extract", "--dataset", "list", "--list", tmp_path / "list.csv", "--out", store,
-                   "--rois", "grid:1x2", "--roi-size", "64").exit_code == 0
+                   "--rois", "grid:1x2", "--roi-size", "64", *backbone).exit_code == 0
     trained = run_cli("train-temporal", "--head", "gcn", "--features", store, "--out", tmp_path / "run",
                       "--epochs", "3", "-o", "hidden=32")
     assert trained.exit_code == 0, trained.output

@@ -18,12 +18,14 @@ def test_regular_windows_and_the_tail_is_covered():
     window = rows[1]
     assert window.pixels.shape == (4, 2, 2, 3) and window.pixels[:, 0, 0, 0].tolist() == [3, 4, 5, 6]
     assert window.timestamp == pytest.approx(0.45) and window.index == 5
+    assert window.pixels[window.centre, 0, 0, 0] == window.index  # where the centre frame sits in the window
 
 
 def test_short_videos_are_looped_to_a_full_window():
     (row,) = window_rows(frames(3), Windowing(clip_len=8, stride=4))
     assert row.pixels[:, 0, 0, 0].tolist() == [0, 1, 2, 0, 1, 2, 0, 1]
     assert (row.first, row.last, row.index) == (0, 2, 1) and row.timestamp == pytest.approx(0.1)
+    assert row.pixels[row.centre, 0, 0, 0] == row.index
     assert list(window_rows([], Windowing(4, 2))) == []
 
 
@@ -42,8 +44,10 @@ def test_clip_backbone_extraction_stores_windows(tmp_path):
     from click.testing import CliRunner
 
     from videogen import make_video
+    from vidfeat.extract.video import Sampling
     from vidfeat.features import open_store
     from vidfeat.pipelines.cli import main
+    from vidfeat.pipelines.stages import reproducing_options
 
     make_video(tmp_path / "v.mp4", size=(80, 60), fps=15, seconds=2)
     make_video(tmp_path / "short.mp4", size=(80, 60), fps=15, seconds=0.4)
@@ -59,6 +63,8 @@ def test_clip_backbone_extraction_stores_windows(tmp_path):
         assert s.features("v").shape == (7, 512)
         np.testing.assert_allclose(s.timestamps("v")[0], 3.5 / 15)
         assert s.frame_ranges("short").tolist() == [[0, 5]] and len(s.features("short")) == 1  # looped
+        reproduced = reproducing_options(dict(s.attrs))  # what predict extracts new videos with
+        assert (reproduced.clip_len, reproduced.clip_stride, reproduced.sampling) == (8, 4, Sampling(fps=15.0))
     refused = CliRunner().invoke(main, ["extract", str(tmp_path / "v.mp4"), "--out", str(tmp_path / "x.h5"),
                                         "--clip-len", "8", "--no-progress"])
     assert refused.exit_code == 1 and "apply to clip backbones" in refused.output
