@@ -337,7 +337,7 @@ class _Model:
 
         A clip's map is [B, D, T', H', W'], one spatial map per output time step; a window's boxes belong to the
         frame at position ``centre``, so its regions are pooled from the time step whose input span holds that
-        frame (I3D: step ``centre // 8``), where the boxes and the map show the same moment."""
+        frame (I3D: one step per 8 input frames), where the boxes and the map show the same moment."""
         with self._autocast():
             if pixels.ndim == 5:
                 features, clip_map = self.extractor.features_and_map(self._to_device(pixels))
@@ -488,7 +488,8 @@ def _run(
         else:
             boxes, masks = zip(*(plan.boxes.boxes(videos[vid].job.key, indices, *size, _box_frames(frames, centres))
                                  for vid, size, frames, _, indices, _, centres in chunks))
-            features, regions = model.with_regions(pixels, np.concatenate(boxes), np.concatenate([c[6] for c in chunks]))
+            centres = np.concatenate([c[6] for c in chunks])
+            features, regions = model.with_regions(pixels, np.concatenate(boxes), centres)
         offset = 0
         for i, (vid, _, frames, stamps, indices, ranges, _) in enumerate(chunks):
             video = videos[vid]
