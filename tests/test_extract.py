@@ -127,7 +127,10 @@ def test_mixing_and_bad_options_are_refused_with_clear_errors(tmp_path):
 def _extract_process(inputs: Path, out: Path) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "vidfeat.pipelines.cli", "extract", str(inputs), "--out", str(out),
            "--batch-size", "2", "--no-progress"]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # A child inherits an ignored SIGINT from a background job, and Python then never raises KeyboardInterrupt:
+    # restore the default so the Ctrl-C test sees what a terminal user would.
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _wait_for_parts(out: Path, proc: subprocess.Popen, count: int) -> None:
