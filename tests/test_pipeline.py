@@ -85,8 +85,10 @@ def test_temporal_heads_learn_the_order_that_mean_pooling_cannot(order_store, tm
         assert s.features(key).shape == (8, 1280)
     mean = train(order_store, "mean", tmp_path / "mean")
     assert mean["top1"] == pytest.approx(0.5)  # pooled features of a pair are identical: chance, exactly
-    best = max(train(order_store, head, tmp_path / head)["top1"] for head in ("lstm", "tcn", "transformer"))
-    assert best >= 0.9
+    for head in ("lstm", "tcn", "transformer"):
+        top1 = train(order_store, head, tmp_path / head)["top1"]
+        # Set from a 10-seed sweep (--seed 0-9): worst seed 1.0 for each head; 0.8 allows 2 of the 12 test videos wrong.
+        assert top1 >= 0.8, (head, top1)
 
     table = CliRunner().invoke(main, ["compare", str(tmp_path / "mean"), str(tmp_path / "lstm")])
     assert table.exit_code == 0 and "mean-class" in table.output and "lstm" in table.output
@@ -104,6 +106,7 @@ def test_predict_runs_the_whole_pipeline_on_new_videos(order_store, order_datase
                                        str(tmp_path / "new last.mp4"), str(tmp_path / "broken.mp4"), "--top-k", "2"])
     assert result.exit_code == 1  # the broken file is reported, the others are still classified
     blocks = result.output.split(str(tmp_path))[1:]
+    # lstm --seed 0-9 all put both new videos first with >= 88% (a 10-seed sweep), so the labels are safe to pin.
     assert blocks[0].splitlines()[1].split()[-1] == "bunny_first"
     assert blocks[1].splitlines()[1].split()[-1] == "bunny_last"
     assert "FAILED" in blocks[2]

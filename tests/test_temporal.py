@@ -286,10 +286,14 @@ def test_lazy_reading_with_workers_matches_memory(ramp_store):
 
 def test_order_only_classes_need_a_temporal_head(ramp_runs):
     """``up`` vs ``down`` ramps have identical value distributions: only order tells them apart."""
+    # Order-blind heads score chance plus binomial noise on the 40 test videos (sd 0.08): 0.75 is chance + 3 sd.
+    # Set from a 10-seed sweep (train seeds 0-9): worst (highest) mean 0.6 (seed 0), logreg 0.425;
+    # on 4 other ramp stores at most 0.625.
     for head in ("mean", "logreg"):
-        assert ramp_runs[head]["top1"] <= 0.7, (head, ramp_runs[head]["top1"])
+        assert ramp_runs[head]["top1"] <= 0.75, (head, ramp_runs[head]["top1"])
+    # Set from a 10-seed sweep (train seeds 0-9, plus 4 other stores): worst seed 1.0 for lstm, tcn and transformer.
     for head in ("lstm", "tcn", "transformer"):
-        assert ramp_runs[head]["top1"] >= 0.95, (head, ramp_runs[head]["top1"])
+        assert ramp_runs[head]["top1"] >= 0.9, (head, ramp_runs[head]["top1"])
 
 
 def test_run_directory_contents(ramp_runs, ramp_store):
@@ -428,12 +432,15 @@ def test_sampling_options_are_checked_before_anything_is_written(ramp_store, tmp
     assert not (tmp_path / "bad").exists()
 
 
-@pytest.mark.parametrize("mode,segments", [("window", 6), ("all", 8)])
-def test_window_and_whole_sequence_modes_learn_order(ramp_store, tmp_path, mode, segments):
+# A 6-step window sees a short stretch of the ramp and learns slower than the whole sequence: after 20 epochs
+# its top-1 ranged 0.625-1.0 over seeds 0-9 (still rising), after 40 epochs 1.0 on every seed.
+@pytest.mark.parametrize("mode,segments,epochs", [("window", 6, 40), ("all", 8, 20)])
+def test_window_and_whole_sequence_modes_learn_order(ramp_store, tmp_path, mode, segments, epochs):
     """Variable-length sequences (12-24 steps) go through padding + mask in training and evaluation."""
     row = train_run(ramp_store, "lstm", tmp_path / mode, sample_mode=mode, segments=segments, eval_clips=3,
-                    epochs=20, progress=False, train_options=FAST, hidden=16)
-    assert row["top1"] >= 0.9
+                    epochs=epochs, progress=False, train_options=FAST, hidden=16)
+    # Set from a 10-seed sweep (seeds 0-9): worst seed 1.0 for both modes here; worst 0.95 (window) on 4 other stores.
+    assert row["top1"] >= 0.85, (mode, row["top1"])
     config = json.loads((tmp_path / mode / "config.json").read_text())
     assert config["sampling"] == {"mode": mode, "segments": segments, "eval_clips": 3}
 
