@@ -564,23 +564,36 @@ only a model of temporal order can separate them) plus appearance-only classes (
 
 
 class RelationalAdapter:
-    name = "relational"
-    layout = """\
-Embedded relational benchmark, generated on first use (see `vidfeat.pipelines.relational`): two objects move and
-the class is their relation over time (approach/separate, pass_left/pass_right, orbit_cw/orbit_ccw).
+    """The generated relational benchmarks (``relational`` and ``relational_roles``); see
+    `vidfeat.pipelines.relational`."""
+
+    layouts = {
+        "relational": "two objects move and the class is their relation over time (approach/separate, "
+        "pass_left/pass_right, orbit_cw/orbit_ccw); every video's objects look different",
+        "relational_roles": "a ball and a block; the class is which kind moves and whether it approaches or leaves "
+        "the other (ball_approaches_block, block_approaches_ball, ball_leaves_block, block_leaves_ball)",
+    }
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.layout = f"""\
+Embedded relational benchmark, generated on first use (see `vidfeat.pipelines.relational`): {self.layouts[name]}.
 <root>/<class>/<name>.mp4, <root>/relational.csv ('path,label,split') and the ground-truth boxes
 <root>/boxes.csv ('video,frame,x1,y1,x2,y2,score,track') for `vidfeat extract --rois file:<root>/boxes.csv`."""
 
     def load(self, root: Path, list_file: Path | None, seed: int) -> Dataset:
-        from vidfeat.pipelines.relational import LIST_CSV, ensure_relational
+        from vidfeat.pipelines.relational import BENCHMARKS, LIST_CSV
 
-        root = ensure_relational(_abs(root))
+        root = BENCHMARKS[self.name].ensure(_abs(root))
         return load_list(root / LIST_CSV, name=self.name)
 
 
 ADAPTERS: dict[str, Adapter] = {
     a.name: a
-    for a in (Hmdb51Adapter(), Ucf101Adapter(), ListAdapter(), FolderAdapter(), SampleAdapter(), RelationalAdapter())
+    for a in (
+        Hmdb51Adapter(), Ucf101Adapter(), ListAdapter(), FolderAdapter(), SampleAdapter(),
+        RelationalAdapter("relational"), RelationalAdapter("relational_roles"),
+    )
 }
 
 

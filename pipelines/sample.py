@@ -75,14 +75,14 @@ def _texture(rng: np.random.Generator, size: int) -> np.ndarray:
     return np.clip(img + 0.04 * luminance_grain, 0, 1)
 
 
-def _disk_mask(size: int, cy: float, cx: float, r: float) -> np.ndarray:
+def disk_mask(size: int, cy: float, cx: float, r: float) -> np.ndarray:
     """Anti-aliased disk [size, size, 1] in [0, 1]."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     dist = np.sqrt((yy - cy) ** 2 + (xx - cx) ** 2)
     return np.clip(r - dist + 0.5, 0, 1)[..., None]
 
 
-def _box_mask(size: int, cy: float, cx: float, half: float) -> np.ndarray:
+def box_mask(size: int, cy: float, cx: float, half: float) -> np.ndarray:
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     d = np.maximum(np.abs(yy - cy), np.abs(xx - cx))
     return np.clip(half - d + 0.5, 0, 1)[..., None]
@@ -110,7 +110,7 @@ def appear_frames(rng: np.random.Generator) -> np.ndarray:
     frames = []
     for p in _smoothstep(np.linspace(0, 1, N_FRAMES, dtype=np.float32)):
         r = radius * (0.25 + 0.75 * p)
-        mask = _box_mask(SIZE, cy, cx, r * 0.85) if box else _disk_mask(SIZE, cy, cx, r)
+        mask = box_mask(SIZE, cy, cx, r * 0.85) if box else disk_mask(SIZE, cy, cx, r)
         alpha = mask * p
         frames.append(bg * (1 - alpha) + colour * alpha)
     return np.stack(frames)
@@ -123,7 +123,7 @@ def zoom_in_frames(rng: np.random.Generator) -> np.ndarray:
     for _ in range(int(rng.integers(4, 8))):
         r = rng.uniform(8, 30)
         cy, cx = rng.uniform(r, big - r, size=2)
-        mask = _disk_mask(big, cy, cx, r) if rng.random() < 0.5 else _box_mask(big, cy, cx, r)
+        mask = disk_mask(big, cy, cx, r) if rng.random() < 0.5 else box_mask(big, cy, cx, r)
         scene = scene * (1 - mask) + _object_colour(rng, big) * mask
     end_scale = rng.uniform(0.3, 0.45)
     fy, fx = rng.uniform(0.35, 0.65, size=2) * big

@@ -21,7 +21,7 @@ from vidfeat.temporal.runs import load_run, predict_sequences
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
 # Datasets generated on first use, and where they go when no --data-root is given.
-EMBEDDED_ROOTS = {"sample": sample.DEFAULT_ROOT, "relational": relational.DEFAULT_ROOT}
+EMBEDDED_ROOTS = {"sample": sample.DEFAULT_ROOT, **{n: b.default_root for n, b in relational.BENCHMARKS.items()}}
 
 
 def jobs_from_dataset(dataset: Dataset) -> list[VideoJob]:

@@ -134,9 +134,9 @@ def test_unknown_dataset_lists_names(tmp_path: Path) -> None:
     with pytest.raises(DatasetError) as err:
         load_dataset("kinetics", tmp_path)
     assert "unknown dataset 'kinetics'" in str(err.value)
-    for name in ("folder", "hmdb51", "list", "relational", "sample", "ucf101"):
+    for name in ("folder", "hmdb51", "list", "relational", "relational_roles", "sample", "ucf101"):
         assert name in str(err.value)
-    assert set(ADAPTERS) == {"folder", "hmdb51", "list", "relational", "sample", "ucf101"}
+    assert set(ADAPTERS) == {"folder", "hmdb51", "list", "relational", "relational_roles", "sample", "ucf101"}
     for adapter in ADAPTERS.values():
         assert adapter.layout.count("\n") >= 1
 
