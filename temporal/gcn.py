@@ -1,26 +1,33 @@
-"""GCN over regions: the space-time region graph of Wang & Gupta, "Videos as Space-Time Region Graphs" (ECCV 2018).
+"""GCN over regions: the space-time region graph of Wang & Gupta, "Videos as Space-Time Region Graphs" (ECCV 2018),
+with nodes and edges that carry geometry, so that its defaults learn relations instead of memorising looks.
 
-Every valid region (RoI) of every sampled step is a node. Two kinds of relation connect the nodes:
+Every valid region (RoI) of every sampled step is a node. Three kinds of relation connect the nodes:
 
 * **similarity**: ``G_sim[i, j] = softmax_j((W_theta x_i)^T (W_phi x_j))`` over the valid nodes, which links
   regions that look alike or are semantically related however far apart in time they are;
 * **spatio-temporal**: a *forward* graph from each box at step t to the boxes at t+1, weighted by their IoU
   and row-normalised, and a *backward* graph from t to t-1 built the same way. Forward and backward messages
-  have their own weights, so unlike self-attention (a non-local block) the graph knows which way time runs.
+  have their own weights, so unlike self-attention (a non-local block) the graph knows which way time runs;
+* **relation** (not in the paper): each region to the other regions of its own step, uniformly weighted.
 
-A layer computes ``Z = sum_g G_g X W_g`` over the graphs g, then ``X <- ReLU(LayerNorm(X + Z))``. The
-readout averages the valid nodes and concatenates the mean of the global frame features (the paper's
-pooled I3D feature), then dropout and a linear classifier. Padding (steps or region slots) never changes
-the logits: padded nodes are excluded from every graph and from the readout.
+A layer computes ``Z = sum_g G_g X W_g + sum_g U_g E_g`` over the graphs g, ``E_g = sum_j G_g[i, j] phi(e_ij)``
+being the embedded relative geometry ``e_ij`` of the boxes along that graph's edges (not in the paper either),
+then ``X <- ReLU(LayerNorm(X + Z))``. The readout averages the valid nodes and concatenates the mean of the global
+frame features (the paper's pooled I3D feature), then dropout and a linear classifier. Padding (steps or region
+slots) never changes the logits: padded nodes are excluded from every graph and from the readout. Why each change
+was made, with the measurements, is in :class:`GCNHead` and the README.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 GEOMETRY_DIM = 8  # x1 y1 x2 y2, centre x y, width, height (all normalised to [0, 1])
+EDGE_DIM = 64  # width of the embedded edge geometry
+TIME_FREQUENCIES = 4  # sinusoids coding a step's place in its video
 
 
 def box_iou(a: Tensor, b: Tensor) -> Tensor:
@@ -83,12 +90,56 @@ def box_geometry(boxes: Tensor, valid: Tensor, centred: bool = True) -> Tensor:
     return torch.cat([boxes, centre, size], dim=-1)
 
 
-class GraphLayer(nn.Module):
-    """One graph convolution ``X <- ReLU(LayerNorm(X + sum_g G_g X W_g))`` over the enabled graphs."""
+def relative_geometry(a: Tensor, b: Tensor) -> Tensor:
+    """Edge features from box i of ``a [..., R, 4]`` to box j of ``b [..., S, 4]`` -> ``[..., R, S, 5]``: the
+    displacement of the centre, the change of width and height, and the centre distance, in units of a
+    quarter frame (so a typical relation is of order 1)."""
+    centre_a, centre_b = (a[..., :2] + a[..., 2:]) / 2, (b[..., :2] + b[..., 2:]) / 2
+    size_a, size_b = a[..., 2:] - a[..., :2], b[..., 2:] - b[..., :2]
+    shift = centre_b[..., None, :, :] - centre_a[..., :, None, :]
+    resize = size_b[..., None, :, :] - size_a[..., :, None, :]
+    return torch.cat([shift, resize, shift.norm(dim=-1, keepdim=True)], dim=-1) * 4
 
-    def __init__(self, dim: int, similarity: bool, spatiotemporal: bool, dropout: float) -> None:
+
+def relation_graph(valid: Tensor) -> Tensor:
+    """``[B, T, R, R]`` links from each valid region to every *other* valid region of the same step, row-normalised:
+    the edges along which regions compare where they are relative to each other at one moment."""
+    pair = valid[..., :, None] & valid[..., None, :]
+    pair = pair & ~torch.eye(valid.shape[-1], dtype=torch.bool, device=valid.device)
+    return _row_normalise(pair.float())
+
+
+def step_positions(mask: Tensor, frequencies: int) -> Tensor:
+    """``[B, T, 2F]`` sinusoidal code of each step's place in its video, 0 at the first valid step and 1 at the
+    last, so videos of any length (and any number of padded steps) share one time axis."""
+    count = mask.sum(1, keepdim=True).clamp_min(2) - 1
+    position = torch.arange(mask.shape[1], device=mask.device)[None].float() / count
+    angles = position[..., None] * math.pi * torch.arange(1, frequencies + 1, device=mask.device).float()
+    return torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
+
+
+@dataclass
+class RegionGraphs:
+    """The graphs of a batch, built once and read by every layer: per-step ``[B, T, R, R]`` blocks, and for each
+    the edge-geometry message ``sum_j G_ij phi(e_ij)`` ``[B, T, R, E]`` where edge geometry is on (else None)."""
+
+    forward: Tensor | None = None
+    backward: Tensor | None = None
+    relation: Tensor | None = None
+    forward_edges: Tensor | None = None
+    backward_edges: Tensor | None = None
+    relation_edges: Tensor | None = None
+
+
+class GraphLayer(nn.Module):
+    """One graph convolution ``X <- ReLU(LayerNorm(X + sum_g G_g X W_g + sum_g U_g E_g))`` over the enabled graphs,
+    ``E_g`` being the graph's aggregated edge geometry when edge geometry is on."""
+
+    def __init__(
+        self, dim: int, similarity: bool, spatiotemporal: bool, relation: bool, edge_dim: int, dropout: float
+    ) -> None:
         super().__init__()
-        self.similarity, self.spatiotemporal = similarity, spatiotemporal
+        self.similarity, self.spatiotemporal, self.relation = similarity, spatiotemporal, relation
         if similarity:
             self.theta = nn.Linear(dim, dim, bias=False)
             self.phi = nn.Linear(dim, dim, bias=False)
@@ -96,10 +147,17 @@ class GraphLayer(nn.Module):
         if spatiotemporal:
             self.w_forward = nn.Linear(dim, dim, bias=False)
             self.w_backward = nn.Linear(dim, dim, bias=False)
+        if relation:
+            self.w_relation = nn.Linear(dim, dim, bias=False)
+        if edge_dim:
+            self.u_edges = nn.ModuleDict(
+                {f"u_{name}": nn.Linear(edge_dim, dim, bias=False) for name, on in
+                 (("forward", spatiotemporal), ("backward", spatiotemporal), ("relation", relation)) if on}
+            )
         self.dropout = nn.Dropout(dropout)
         self.norm = nn.LayerNorm(dim)
 
-    def forward(self, h: Tensor, valid: Tensor, forward_graph: Tensor | None, backward_graph: Tensor | None) -> Tensor:
+    def forward(self, h: Tensor, valid: Tensor, graphs: RegionGraphs) -> Tensor:
         """``h [B, T, R, d]`` node features, ``valid [B, T, R]``; returns updated features, zero at padded nodes."""
         b, t, r, d = h.shape
         z = torch.zeros_like(h)
@@ -111,69 +169,100 @@ class GraphLayer(nn.Module):
             # Node (t, i) gathers W_f x from the boxes at t+1 and W_b x from those at t-1 (G X W = G (X W)).
             ahead = torch.cat([self.w_forward(h[:, 1:]), h.new_zeros(b, 1, r, d)], dim=1)
             behind = torch.cat([h.new_zeros(b, 1, r, d), self.w_backward(h[:, :-1])], dim=1)
-            z = z + forward_graph.to(h.dtype) @ ahead + backward_graph.to(h.dtype) @ behind
+            z = z + graphs.forward.to(h.dtype) @ ahead + graphs.backward.to(h.dtype) @ behind
+        if self.relation:
+            z = z + graphs.relation.to(h.dtype) @ self.w_relation(h)
+        if hasattr(self, "u_edges"):
+            for name, project in self.u_edges.items():
+                z = z + project(getattr(graphs, f"{name[2:]}_edges").to(h.dtype))
         return torch.relu(self.norm(h + self.dropout(z))) * valid.unsqueeze(-1).to(h.dtype)
 
 
 class GCNHead(nn.Module):
-    """Space-time region graph head: RoI nodes, similarity + forward/backward IoU graphs, mean readout.
+    """Space-time region graph head: RoI nodes, similarity + forward/backward IoU + same-step relation graphs.
 
     ``forward(x, mask, rois, boxes, roi_mask)``: ``x [B, T, D]`` global step features and ``mask [B, T]`` as
     for every head, plus the regions of each step: ``rois [B, T, R, Dr]`` features, ``boxes [B, T, R, 4]``
     normalised x1 y1 x2 y2 and ``roi_mask [B, T, R]`` (True = a real region). ``roi_dim`` (Dr) defaults to
-    ``input_dim``; the runner sets it from the store. Ablations: ``similarity=False`` or
-    ``spatiotemporal=False`` drops that graph, ``global_branch=False`` reads out the region nodes only,
-    ``appearance=False`` builds the nodes from box geometry only (RoI features unused), ``box_embedding=False``
-    leaves the geometry out of the node features (it still shapes the IoU graphs), as in the paper, and
-    ``centred_boxes=False`` embeds image positions instead of positions relative to the clip's mean box centre.
+    ``input_dim``; the runner sets it from the store. Boxes need no track ids: the graphs link regions by overlap,
+    by step and by look, so grid and detector boxes work as well as tracked ones.
 
-    Appearance and geometry are mixed in every node, which lets the head learn relations between what an
-    object is and how it moves, and also lets it memorise training videos by pairing a video's look with its
-    motion. With few training videos whose appearance says nothing about the class (the relational
-    benchmark, :mod:`vidfeat.pipelines.relational`), ``appearance=False`` generalises far better.
+    What a node sees, and why (measured on the two relational benchmarks, see the README):
+
+    * **appearance through a bottleneck**: the RoI feature is squeezed to ``appearance_dim`` numbers,
+      normalised, dropped out (``appearance_dropout``), and for a ``drop_appearance`` share of the training videos
+      left out entirely. A wide RoI feature otherwise lets the head memorise each training video by its look;
+    * **its box** (``box_embedding``), relative to the clip's mean box centre (``centred_boxes``);
+    * **its place in time** (``time_embedding``), so the readout can tell early from late;
+    * **relative geometry on the edges** (``edge_geometry``): each message carries the displacement to the box it
+      comes from, so a node knows how it moved (forward/backward graphs) and where the others are (relation graph).
+
+    Ablations: ``similarity``, ``spatiotemporal`` and ``relation`` drop their graph, ``global_branch=False`` reads
+    out the region nodes only, ``appearance=False`` builds the nodes from geometry only (RoI features unused),
+    ``box_embedding=False`` leaves the node's own box out (it still shapes the IoU graphs), as in the paper.
     """
 
     uses_regions = True  # the runner feeds rois/boxes/roi_mask from the store (see temporal.runs)
+    # A graph learns relations later than a frame head learns looks: at the shared lr 1e-3, 60 epochs and
+    # patience 15, some seeds stopped before they took off (see the README's GCN section).
+    train_defaults = {"lr": 3e-3, "epochs": 120, "patience": 30}
 
     def __init__(
         self,
         input_dim: int,
         num_classes: int,
         roi_dim: int | None = None,
-        hidden: int = 512,
+        hidden: int = 128,
         layers: int = 2,
         similarity: bool = True,
         spatiotemporal: bool = True,
+        relation: bool = True,
         global_branch: bool = True,
         appearance: bool = True,
+        appearance_dim: int = 32,
+        appearance_dropout: float = 0.5,
+        drop_appearance: float = 0.6,
         box_embedding: bool = True,
         centred_boxes: bool = True,
+        edge_geometry: bool = True,
+        time_embedding: bool = True,
         graph_dropout: float = 0.0,
         dropout: float = 0.2,
     ) -> None:
         super().__init__()
         if not (appearance or box_embedding):
             raise ValueError("gcn nodes need features: keep appearance=true (RoI features) or box_embedding=true")
-        if not (similarity or spatiotemporal):
+        if not (similarity or spatiotemporal or relation):
             raise ValueError(
-                "gcn needs at least one graph: keep similarity=true or spatiotemporal=true "
-                "(with neither, it would be an order-blind mean over regions)"
+                "gcn needs at least one graph: keep similarity=true, spatiotemporal=true or relation=true "
+                "(with none, it would be an order-blind mean over regions)"
             )
-        if layers < 1 or hidden < 1:
-            raise ValueError(f"gcn needs layers >= 1 and hidden >= 1, got layers={layers}, hidden={hidden}")
+        if layers < 1 or hidden < 1 or appearance_dim < 1:
+            raise ValueError(
+                f"gcn needs layers, hidden and appearance_dim >= 1, got {layers}, {hidden} and {appearance_dim}"
+            )
+        if not 0 <= drop_appearance < 1:
+            raise ValueError(f"drop_appearance is a probability in [0, 1), got {drop_appearance}")
         self.input_dim, self.roi_dim = input_dim, roi_dim or input_dim
         self.hidden, self.global_branch, self.appearance = hidden, global_branch, appearance
         self.box_embedding, self.centred_boxes = box_embedding, centred_boxes
+        self.spatiotemporal, self.relation, self.drop_appearance = spatiotemporal, relation, drop_appearance
         if appearance:
-            self.reduce = nn.Linear(self.roi_dim, hidden)
-            self.appearance_norm = nn.LayerNorm(hidden)
+            self.reduce = nn.Sequential(
+                nn.Linear(self.roi_dim, appearance_dim), nn.LayerNorm(appearance_dim), nn.Dropout(appearance_dropout),
+                nn.Linear(appearance_dim, hidden),
+            )
         if box_embedding:
             self.geometry = nn.Sequential(nn.Linear(GEOMETRY_DIM, hidden), nn.ReLU(), nn.Linear(hidden, hidden))
             self.geometry_norm = nn.LayerNorm(hidden)
+        if time_embedding:
+            self.time = nn.Linear(2 * TIME_FREQUENCIES, hidden)
+        edge_dim = EDGE_DIM if edge_geometry and (spatiotemporal or relation) else 0
+        if edge_dim:
+            self.edges = nn.Sequential(nn.Linear(5, edge_dim), nn.ReLU(), nn.Linear(edge_dim, edge_dim))
         self.layers = nn.ModuleList(
-            GraphLayer(hidden, similarity, spatiotemporal, graph_dropout) for _ in range(layers)
+            GraphLayer(hidden, similarity, spatiotemporal, relation, edge_dim, graph_dropout) for _ in range(layers)
         )
-        self.spatiotemporal = spatiotemporal
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(hidden + (input_dim if global_branch else 0), num_classes)
 
@@ -210,21 +299,13 @@ class GCNHead(nn.Module):
     ) -> Tensor:
         self._check(x, mask, rois, boxes, roi_mask)
         valid = roi_mask & mask.unsqueeze(-1)
-        keep = valid.unsqueeze(-1)
         # Garbage in padded slots must not leak in, not even as NaN * 0.
-        boxes = torch.where(keep, boxes.float(), torch.zeros_like(boxes, dtype=torch.float32))
-        # Each part is normalised on its own, so a 2048-d RoI feature cannot drown the 8 numbers of its box.
-        h = torch.zeros(*valid.shape, self.hidden, dtype=x.dtype, device=x.device)
-        if self.appearance:
-            h = h + self.appearance_norm(self.reduce(torch.where(keep, rois, torch.zeros_like(rois))))
-        if self.box_embedding:
-            h = h + self.geometry_norm(self.geometry(box_geometry(boxes, valid, self.centred_boxes))).to(h.dtype)
-        h = h * keep.to(h.dtype)
-        forward_graph = backward_graph = None
-        if self.spatiotemporal:
-            forward_graph, backward_graph = temporal_graphs(boxes, valid)
+        boxes = torch.where(valid.unsqueeze(-1), boxes.float(), torch.zeros_like(boxes, dtype=torch.float32))
+        rois = torch.where(valid.unsqueeze(-1), rois, torch.zeros_like(rois))
+        h = self._nodes(x, mask, rois, boxes, valid)
+        graphs = self._graphs(boxes, valid)
         for layer in self.layers:
-            h = layer(h, valid, forward_graph, backward_graph)
+            h = layer(h, valid, graphs)
         count = valid.flatten(1).sum(1, keepdim=True).clamp_min(1).to(h.dtype)
         feat = h.flatten(1, 2).sum(1) / count
         if self.global_branch:
@@ -232,3 +313,38 @@ class GCNHead(nn.Module):
             pooled = pooled / mask.sum(1, keepdim=True).clamp_min(1).to(x.dtype)
             feat = torch.cat([feat, pooled.to(feat.dtype)], dim=-1)
         return self.fc(self.dropout(feat))
+
+    def _nodes(self, x: Tensor, mask: Tensor, rois: Tensor, boxes: Tensor, valid: Tensor) -> Tensor:
+        """Initial node features ``[B, T, R, hidden]``: each enabled part embedded and normalised on its own, so
+        a 2048-d RoI feature cannot drown the few numbers of its box, then summed."""
+        h = torch.zeros(*valid.shape, self.hidden, dtype=x.dtype, device=x.device)
+        if self.appearance:
+            look = self.reduce(rois)
+            if self.training and self.drop_appearance:
+                kept = torch.rand(look.shape[0], device=look.device) >= self.drop_appearance
+                look = look * kept[:, None, None, None].to(look.dtype)
+            h = h + look
+        if self.box_embedding:
+            h = h + self.geometry_norm(self.geometry(box_geometry(boxes, valid, self.centred_boxes))).to(h.dtype)
+        if hasattr(self, "time"):
+            h = h + self.time(step_positions(mask, TIME_FREQUENCIES)).unsqueeze(2).to(h.dtype)
+        return h * valid.unsqueeze(-1).to(h.dtype)
+
+    def _graphs(self, boxes: Tensor, valid: Tensor) -> RegionGraphs:
+        graphs = RegionGraphs()
+        if self.spatiotemporal:
+            graphs.forward, graphs.backward = temporal_graphs(boxes, valid)
+        if self.relation:
+            graphs.relation = relation_graph(valid)
+        if hasattr(self, "edges"):
+            zeros = boxes.new_zeros(boxes.shape[0], 1, boxes.shape[2], boxes.shape[2], 5)
+            edges = {  # box i at t -> box j at t+1 (forward), at t-1 (backward), at t (relation)
+                "forward": torch.cat([relative_geometry(boxes[:, :-1], boxes[:, 1:]), zeros], dim=1),
+                "backward": torch.cat([zeros, relative_geometry(boxes[:, 1:], boxes[:, :-1])], dim=1),
+                "relation": relative_geometry(boxes, boxes),
+            }
+            for name, geometry in edges.items():
+                graph = getattr(graphs, name)
+                if graph is not None:
+                    setattr(graphs, f"{name}_edges", torch.einsum("btij,btije->btie", graph, self.edges(geometry)))
+        return graphs

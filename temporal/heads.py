@@ -325,6 +325,14 @@ def uses_regions(name: str) -> bool:
     return bool(getattr(HEADS[name], "uses_regions", False))
 
 
+def training_defaults(name: str) -> dict:
+    """Training options the head's recipe changes from :class:`~vidfeat.temporal.training.TrainConfig`'s defaults
+    (its ``train_defaults`` attribute); what a user passes still wins."""
+    if name not in HEADS:
+        raise ValueError(f"unknown head {name!r}; available heads: {', '.join(HEADS)}")
+    return dict(getattr(HEADS[name], "train_defaults", {}))
+
+
 def head_defaults(name: str) -> dict:
     """The head's options with their default values (recorded in run configs so runs are reproducible)."""
     if name not in HEADS:

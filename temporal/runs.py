@@ -41,7 +41,7 @@ from vidfeat.temporal.data import (
     require_regions,
     resolve_store_path,
 )
-from vidfeat.temporal.heads import create_head, resolve_options, uses_regions
+from vidfeat.temporal.heads import create_head, resolve_options, training_defaults, uses_regions
 from vidfeat.temporal.logreg import fit_logreg
 from vidfeat.temporal.sampling import check_sampling
 from vidfeat.temporal.training import (
@@ -196,12 +196,13 @@ def train_run(
 ) -> dict:
     """Train ``head`` on fold ``fold`` of the store, score it on the test split and write a run directory.
 
-    ``train_options`` overrides :class:`TrainConfig` fields (lr, batch_size, mixup, ...); ``epochs`` and
+    ``train_options`` overrides :class:`TrainConfig` fields (lr, batch_size, mixup, ...), on top of the head's
+    own recipe (:func:`~vidfeat.temporal.heads.training_defaults`, e.g. gcn's higher lr); ``epochs`` and
     ``seed`` are shortcuts for the common ones. ``logreg`` always pools every step of a video (sampling
     mode ``all``). Returns the comparison row (see :func:`compare_runs`).
     """
     out_dir = Path(out_dir)
-    config = TrainConfig.from_options(dict(train_options or {}))
+    config = TrainConfig.from_options({**training_defaults(head), **(train_options or {})})
     config.seed = seed
     if epochs is not None:
         config.epochs = epochs
