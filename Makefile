@@ -48,23 +48,28 @@ $(RUN_RESULT): $(STORE) | $(STAMP)
 	rm -rf $(RUN)
 	$(VIDFEAT) train-temporal --head $(HEAD) --features $(STORE) --fold $(FOLD) --out $(RUN) --no-progress $(TRAIN_FLAGS)
 
-# The relational benchmark: region features from its ground-truth boxes; mean vs lstm vs the GCN over RoIs.
-REL_STORE := $(FEATURES_DIR)/relational_$(BACKBONE)_fps4_rois.h5
+# The relational benchmarks (geometry decides / appearance decides who does what): region features from their
+# ground-truth boxes; frame heads vs the GCN over RoIs and its box-only ablation, for each seed in REL_SEEDS.
+REL_BENCHMARKS := relational relational_roles
+REL_SEEDS ?= 0
 REL_RUNS := $(RUNS_DIR)/relational
+REL_STORES := $(foreach b,$(REL_BENCHMARKS),$(FEATURES_DIR)/$(b)_$(BACKBONE)_fps4_rois.h5)
 
-$(REL_STORE): | $(STAMP)
+$(REL_STORES): $(FEATURES_DIR)/%_$(BACKBONE)_fps4_rois.h5: | $(STAMP)
 	mkdir -p $(FEATURES_DIR)
-	$(VIDFEAT) extract --dataset relational --data-root data/relational --backbone $(BACKBONE) --fps 4 \
-		--rois file:data/relational/boxes.csv --max-rois 4 --out $@ || { touch -c -d @0 $@; exit 1; }
+	$(VIDFEAT) extract --dataset $* --data-root data/$* --backbone $(BACKBONE) --fps 4 \
+		--rois file:data/$*/boxes.csv --max-rois 4 --out $@ || { touch -c -d @0 $@; exit 1; }
 
-demo-relational: $(REL_STORE)
+demo-relational: $(REL_STORES)
 	rm -rf $(REL_RUNS)
-	$(VIDFEAT) train-temporal --head mean --features $(REL_STORE) --out $(REL_RUNS)/mean --no-progress > /dev/null
-	$(VIDFEAT) train-temporal --head lstm --features $(REL_STORE) --out $(REL_RUNS)/lstm --no-progress > /dev/null
-	$(VIDFEAT) train-temporal --head gcn --features $(REL_STORE) --out $(REL_RUNS)/gcn --no-progress > /dev/null
-	$(VIDFEAT) train-temporal --head gcn -o appearance=false --features $(REL_STORE) --out $(REL_RUNS)/gcn_boxes \
-		--no-progress > /dev/null
-	$(VIDFEAT) compare $(REL_RUNS)/mean $(REL_RUNS)/lstm $(REL_RUNS)/gcn $(REL_RUNS)/gcn_boxes
+	set -e; for b in $(REL_BENCHMARKS); do for seed in $(REL_SEEDS); do \
+		store=$(FEATURES_DIR)/$${b}_$(BACKBONE)_fps4_rois.h5; runs=$(REL_RUNS)/$$b/seed$$seed; \
+		for head in mean lstm transformer gcn; do \
+			$(VIDFEAT) train-temporal --head $$head --features $$store --seed $$seed --out $$runs/$$head --no-progress > /dev/null; \
+		done; \
+		$(VIDFEAT) train-temporal --head gcn -o appearance=false -o global_branch=false --features $$store --seed $$seed \
+			--out $$runs/gcn_boxes --no-progress > /dev/null; \
+	done; echo "$$b:"; $(VIDFEAT) compare $(REL_RUNS)/$$b/seed*/*; done
 
 demo: $(STAMP)
 	$(MAKE) --no-print-directory extract DATASET=sample
