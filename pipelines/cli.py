@@ -154,8 +154,9 @@ def _parse_key_values(pairs: tuple[str, ...], option: str) -> dict:
               help="Training sampling: TSN segments (a random position in each of K), a random contiguous window "
                    "of K steps, or all steps (padded and masked).")
 @click.option("--eval-clips", default=1, show_default=True, help="Clips averaged per video at evaluation.")
-@click.option("--epochs", type=int, help="Training epochs (default 60, early stopping on validation).")
-@click.option("--lr", type=float, help="AdamW learning rate (default 1e-3).")
+@click.option("--epochs", type=int,
+              help="Training epochs (default 60, gcn 120; early stopping on validation).")
+@click.option("--lr", type=float, help="AdamW learning rate (default 1e-3, gcn 3e-3).")
 @click.option("--batch-size", type=int, help="Videos per batch (default 32).")
 @click.option("--mixup", type=float, help="Feature-level mixup alpha (default 0 = off).")
 @click.option("--seed", default=0, show_default=True)
