@@ -101,8 +101,8 @@ def _approach(
     u = _unit(rng.uniform(0, 2 * np.pi))
     near = radii.sum() + rng.uniform(2, 6)
     far = rng.uniform(0.45, 0.55) * SIZE
-    drawn_share = rng.uniform(0, 1)
-    share = drawn_share if share is None else share
+    drawn = rng.uniform(0, 1)  # drawn even when given, so the draws after it do not depend on `share`
+    share = drawn if share is None else share
     drift = _unit(rng.uniform(0, 2 * np.pi)) * rng.uniform(0, drift)
     gap = (far - near) * (1 - _ease(rng))[:, None]  # [T, 1]
     offset = drift[None] * (np.linspace(0, 1, N_FRAMES)[:, None] - 1)
