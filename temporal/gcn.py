@@ -149,11 +149,11 @@ class GraphLayer(nn.Module):
             self.w_backward = nn.Linear(dim, dim, bias=False)
         if relation:
             self.w_relation = nn.Linear(dim, dim, bias=False)
-        if edge_dim:
-            self.u_edges = nn.ModuleDict(
-                {f"u_{name}": nn.Linear(edge_dim, dim, bias=False) for name, on in
-                 (("forward", spatiotemporal), ("backward", spatiotemporal), ("relation", relation)) if on}
-            )
+        # U_g of each graph whose edges carry geometry; a name also picks RegionGraphs' "<name>_edges" field.
+        enabled = {"forward": spatiotemporal, "backward": spatiotemporal, "relation": relation}
+        self.edge_graphs = [name for name, on in enabled.items() if on and edge_dim]
+        for name in self.edge_graphs:
+            setattr(self, f"u_{name}", nn.Linear(edge_dim, dim, bias=False))
         self.dropout = nn.Dropout(dropout)
         self.norm = nn.LayerNorm(dim)
 
@@ -172,9 +172,8 @@ class GraphLayer(nn.Module):
             z = z + graphs.forward.to(h.dtype) @ ahead + graphs.backward.to(h.dtype) @ behind
         if self.relation:
             z = z + graphs.relation.to(h.dtype) @ self.w_relation(h)
-        if hasattr(self, "u_edges"):
-            for name, project in self.u_edges.items():
-                z = z + project(getattr(graphs, f"{name[2:]}_edges").to(h.dtype))
+        for name in self.edge_graphs:
+            z = z + getattr(self, f"u_{name}")(getattr(graphs, f"{name}_edges").to(h.dtype))
         return torch.relu(self.norm(h + self.dropout(z))) * valid.unsqueeze(-1).to(h.dtype)
 
 
