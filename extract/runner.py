@@ -53,6 +53,7 @@ class ExtractOptions:
     device: str = "auto"
     batch_size: int | None = None
     workers: int = 2
+    commit_every: float = 5.0        # seconds between commits of finished videos (0: after every batch)
     precision: str = "auto"
     dtype: str = "float16"
     strict: bool = False
@@ -72,6 +73,7 @@ class ExtractSummary:
     partial: list[tuple[str, str]] = field(default_factory=list)
     skipped_failed: int = 0
     stale: int = 0
+    commits: int = 0  # part files written (see --commit-every)
     interrupted: bool = False
     device: str = ""
     batch_size: int = 0
@@ -387,7 +389,7 @@ def extract_videos(
     summary = ExtractSummary(out=Path(out), total=len(jobs), device=str(device), batch_size=batch_size,
                              unit="frames" if windowing is None else "windows")
 
-    with StoreWriter(out, provenance) as writer:
+    with StoreWriter(out, provenance, options.commit_every) as writer:
         todo = []
         for job in jobs:
             if job.key in writer.done and not writer.is_stale(job.key, job.path):
@@ -399,6 +401,7 @@ def extract_videos(
                 todo.append(job)
         if todo:
             _run(todo, writer, backbone, _Plan(geometry, windowing, boxes), device, batch_size, options, summary)
+    summary.commits = writer.commits  # closing committed the last finished videos
     return summary
 
 
@@ -430,7 +433,7 @@ def _run(
         bar.update(1)
 
     def finish_ready() -> None:
-        """Store every video whose last frame has been through the model; one durable commit for all."""
+        """Store every video whose last frame has been through the model; commit them when the clock says so."""
         for vid in [v for v in ended if videos[v].done == videos[v].queued]:
             ended.discard(vid)
             video = videos.pop(vid)
@@ -464,7 +467,7 @@ def _run(
             if video.partial:
                 summary.partial.append((video.job.key, video.partial))
             bar.update(1)
-        writer.commit()
+        writer.commit_if_due()
 
     def run_batch(take: int) -> None:
         """Run up to ``take`` rows, across videos; stops early where the input shape changes (uncropped

@@ -507,13 +507,19 @@ def _stamp(provenance: dict) -> dict:
 class StoreWriter:
     """Appends videos to a store crash-safely; one writer per store at a time.
 
-    ``add``/``add_failure`` buffer, ``commit`` makes the buffer durable as one part file, ``close`` merges
+    ``add``/``add_failure`` buffer, ``commit`` makes the buffer durable as one part file (``commit_if_due`` at most
+    every ``commit_every`` seconds), ``close`` merges
     everything into the main file. Opening an existing store checks that it was made the same way.
     """
 
-    def __init__(self, path: str | os.PathLike, provenance: dict) -> None:
+    def __init__(self, path: str | os.PathLike, provenance: dict, commit_every: float = 0.0) -> None:
+        if commit_every < 0:
+            raise ValueError(f"commit_every is a number of seconds >= 0, got {commit_every}")
         self.path = Path(path)
         self.provenance = _stamp(provenance)
+        self.commit_every = commit_every
+        self.commits = 0  # part files written by this writer
+        self._last_commit = time.monotonic()
         self._parts = parts_dir(self.path)
         self._parts.mkdir(parents=True, exist_ok=True)
         self._lock_file = self._acquire_lock()
@@ -579,8 +585,19 @@ class StoreWriter:
     def add_failure(self, key: str, source: str, error: str) -> None:
         self._pending_failures.append((key, source, error))
 
+    def commit_if_due(self) -> None:
+        """Commit when ``commit_every`` seconds have passed since the last commit (always, for 0).
+
+        On a fast device short videos finish many times a second; one fsynced part file each would be tens of
+        thousands of small files on a cluster's network filesystem. A ``kill -9`` then loses at most the videos
+        finished in the last ``commit_every`` seconds, and a rerun extracts them again.
+        """
+        if time.monotonic() - self._last_commit >= self.commit_every:
+            self.commit()
+
     def commit(self) -> None:
-        """Make everything added so far durable; cheap enough to call after every finished video."""
+        """Make everything added so far durable as one part file, now."""
+        self._last_commit = time.monotonic()
         if not self._pending and not self._pending_failures:
             return
         name = f"part-{time.time_ns():020d}-{os.getpid()}.h5"
@@ -589,6 +606,7 @@ class StoreWriter:
         _write_file(self._parts / name, self.provenance, lengths, by_key.__getitem__, self._pending_failures)
         self.done.update(r.key for r in self._pending)
         self._pending, self._pending_failures = [], []
+        self.commits += 1
 
     def close(self) -> None:
         """Commit, then merge main file and parts into a new main file and remove the parts."""

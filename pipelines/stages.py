@@ -86,7 +86,7 @@ def format_summary(summary: ExtractSummary) -> str:
     if summary.rows:
         lines.append(
             f"{summary.unit}: {summary.rows} in {summary.seconds:.1f} s = {summary.rows_per_second:.1f} {summary.unit}/s "
-            f"(device {summary.device}, batch {summary.batch_size})"
+            f"(device {summary.device}, batch {summary.batch_size}); committed in {summary.commits} part file(s)"
         )
     for key, reason in summary.partial:
         lines.append(f"partial: {key}: {reason}")

@@ -126,7 +126,7 @@ def test_mixing_and_bad_options_are_refused_with_clear_errors(tmp_path):
 
 def _extract_process(inputs: Path, out: Path) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "vidfeat.pipelines.cli", "extract", str(inputs), "--out", str(out),
-           "--batch-size", "2", "--no-progress"]
+           "--batch-size", "2", "--commit-every", "0", "--no-progress"]
     # A child inherits an ignored SIGINT from a background job, and Python then never raises KeyboardInterrupt:
     # restore the default so the Ctrl-C test sees what a terminal user would.
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -165,6 +165,19 @@ def assert_same_store(a: Path, b: Path) -> None:
                                        atol=1e-2, rtol=1e-2)
             np.testing.assert_array_equal(x.timestamps(key), y.timestamps(key))
             np.testing.assert_array_equal(x.frame_indices(key), y.frame_indices(key))
+
+
+def test_commits_on_a_clock_write_few_part_files_and_the_same_store(many_videos, clean_store, tmp_path):
+    """Committing at most every hour writes one part file, on close; committing after every batch writes one per
+    batch that finishes a video. The features are the same either way."""
+    counts = {}
+    for every in ("0", "3600"):
+        out = tmp_path / f"every{every}.h5"
+        result = run_cli("extract", many_videos, "--out", out, "--batch-size", "2", "--commit-every", every)
+        assert result.exit_code == 0, result.output
+        counts[every] = int(result.output.split("committed in ")[1].split()[0])
+        assert_same_store(out, clean_store)
+    assert counts["3600"] == 1 and counts["0"] >= 7, counts
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])

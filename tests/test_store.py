@@ -113,6 +113,29 @@ def test_writer_commits_parts_that_readers_see_and_close_merges(tmp_path):
         assert s.keys() == ["a", "broken"] and s.failures() == []
 
 
+def test_commits_follow_the_clock(tmp_path):
+    parts = tmp_path / "s.h5.parts"
+    writer = StoreWriter(tmp_path / "s.h5", PROVENANCE, commit_every=3600)
+    writer.add(record("a", 3, 1))
+    writer.commit_if_due()  # an hour has not passed: the video waits in memory
+    assert not list(parts.glob("part-*.h5")) and writer.commits == 0
+    writer.commit()  # a forced commit always writes
+    writer.add(record("b", 2, 2))
+    writer.commit_if_due()
+    assert len(list(parts.glob("part-*.h5"))) == 1 and writer.commits == 1
+    writer.close()  # closing commits what waits, then merges
+    assert writer.commits == 2
+    with open_store(tmp_path / "s.h5") as s:
+        assert s.keys() == ["a", "b"]
+    eager = StoreWriter(tmp_path / "e.h5", PROVENANCE, commit_every=0)
+    eager.add(record("a", 3, 1))
+    eager.commit_if_due()
+    assert len(list((tmp_path / "e.h5.parts").glob("part-*.h5"))) == 1
+    eager.close()
+    with pytest.raises(ValueError, match="commit_every is a number of seconds >= 0"):
+        StoreWriter(tmp_path / "x.h5", PROVENANCE, commit_every=-1)
+
+
 def _hold_lock(path, ready, release):
     writer = StoreWriter(path, PROVENANCE)
     ready.set()
