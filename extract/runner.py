@@ -1,5 +1,9 @@
 """The batched extraction runner: decode in background threads, batch frames across videos, commit per video.
 
+The parts, each a small class or function passing typed messages: ``_Decoder`` (threads; RowChunk, VideoEnd and
+VideoFailed messages) -> ``Batcher`` (rows of all videos, cut into batches) -> ``run_batch`` (the device stage;
+a BatchOutput) -> ``_Assembler`` (each video's rows back together, stored and committed on the writer's clock).
+
 Short clips (HMDB51 averages ~3 s) would starve the model if batches stopped at video boundaries, so decoded
 frames of all videos flow through one queue and every batch is full until the very end. A video is written to
 the store as soon as its last frame has been through the model; failures are recorded and the run goes on.
@@ -202,6 +206,53 @@ _END = object()
 
 
 @dataclass(frozen=True)
+class RowChunk:
+    """Decoder -> batcher: consecutive model-input rows of one video, with where each row came from."""
+
+    video: int
+    size: tuple[int, int]      # the source's display width and height (for boxes)
+    pixels: np.ndarray         # [n, H, W, 3] frames or [n, T, H, W, 3] clip windows, uint8
+    timestamps: np.ndarray     # [n] seconds
+    indices: np.ndarray        # [n] source frame index (a window's centre frame)
+    ranges: np.ndarray         # [n, 2] first and last source frame of each row
+    centres: np.ndarray        # [n] position of the centre frame inside each window (0 for frames)
+
+    def __len__(self) -> int:
+        return len(self.pixels)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.pixels.shape[1:]
+
+    def split(self, n: int) -> tuple["RowChunk", "RowChunk"]:
+        """The first ``n`` rows and the rest."""
+        head = {name: getattr(self, name)[:n] for name in _ROW_ARRAYS}
+        tail = {name: getattr(self, name)[n:] for name in _ROW_ARRAYS}
+        return replace(self, **head), replace(self, **tail)
+
+
+_ROW_ARRAYS = ("pixels", "timestamps", "indices", "ranges", "centres")
+
+
+@dataclass(frozen=True)
+class VideoEnd:
+    """Decoder -> assembler: every row of the video has been sent."""
+
+    video: int
+    decoded_frames: int
+    expected_frames: int       # -1 when the container does not say
+    partial: str               # why decoding stopped early, or ""
+
+
+@dataclass(frozen=True)
+class VideoFailed:
+    """Decoder -> assembler: the video could not be decoded; rows already sent are dropped."""
+
+    video: int
+    error: str
+
+
+@dataclass(frozen=True)
 class _Plan:
     """What the model sees per row: input geometry, clip windows (or single frames), region boxes (or none)."""
 
@@ -223,7 +274,7 @@ def _concat_regions(regions: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) ->
 
 
 class _Decoder:
-    """Background decode threads feeding (video id, chunk of rows) messages into a bounded queue."""
+    """Background decode threads feeding RowChunk, VideoEnd and VideoFailed messages into a bounded queue."""
 
     def __init__(
         self, jobs: list[VideoJob], geometry: Geometry, sampling: Sampling, windowing: Windowing | None,
@@ -278,17 +329,17 @@ class _Decoder:
             if chunk and not self._put(self._rows_message(vid, chunk, size)):
                 return
             expected = reader.info.expected_frames
-            self._put(("end", vid, reader.decoded_frames, -1 if expected is None else expected,
-                       (reader.error or "partial decode") if reader.partial else ""))
+            self._put(VideoEnd(vid, reader.decoded_frames, -1 if expected is None else expected,
+                               (reader.error or "partial decode") if reader.partial else ""))
         except (VideoError, ValueError) as exc:
-            self._put(("error", vid, str(exc)))
+            self._put(VideoFailed(vid, str(exc)))
         except Exception as exc:  # a decoder bug on one file must not end the run
-            self._put(("error", vid, f"unexpected {type(exc).__name__}: {exc}"))
+            self._put(VideoFailed(vid, f"unexpected {type(exc).__name__}: {exc}"))
 
     @staticmethod
-    def _rows_message(vid: int, rows: list[Row], size: tuple[int, int]) -> tuple:
-        return (
-            "rows", vid, size, np.stack([r.pixels for r in rows]), np.array([r.timestamp for r in rows]),
+    def _rows_message(vid: int, rows: list[Row], size: tuple[int, int]) -> RowChunk:
+        return RowChunk(
+            vid, size, np.stack([r.pixels for r in rows]), np.array([r.timestamp for r in rows]),
             np.array([r.index for r in rows]), np.array([(r.first, r.last) for r in rows], dtype=np.int64),
             np.array([r.centre for r in rows]),
         )
@@ -405,6 +456,165 @@ def extract_videos(
     return summary
 
 
+class Batcher:
+    """Decoded rows waiting for the model, in arrival order: batches are filled across video boundaries, so short
+    clips never leave the model half idle."""
+
+    def __init__(self) -> None:
+        self._chunks: list[RowChunk] = []
+        self.rows = 0
+
+    def add(self, chunk: RowChunk) -> None:
+        self._chunks.append(chunk)
+        self.rows += len(chunk)
+
+    def drop(self, video: int) -> None:
+        """Forget the waiting rows of a video that failed."""
+        self._chunks = [c for c in self._chunks if c.video != video]
+        self.rows = sum(len(c) for c in self._chunks)
+
+    def take(self, limit: int) -> list[RowChunk]:
+        """Up to ``limit`` rows from the front, as chunks; stops early where the input shape changes (uncropped
+        frames of differently sized videos cannot share a batch)."""
+        taken: list[RowChunk] = []
+        count, shape = 0, self._chunks[0].shape
+        while count < limit and self._chunks and self._chunks[0].shape == shape:
+            head = self._chunks.pop(0)
+            if len(head) > limit - count:
+                head, rest = head.split(limit - count)
+                self._chunks.insert(0, rest)
+            taken.append(head)
+            count += len(head)
+        self.rows -= count
+        return taken
+
+
+@dataclass
+class BatchOutput:
+    """Device stage -> assembler: the features of one batch, row-aligned with its chunks; for region stores also
+    each row's region features and each chunk's boxes and masks."""
+
+    chunks: list[RowChunk]
+    features: np.ndarray
+    regions: np.ndarray | None = None
+    boxes: list[np.ndarray] = field(default_factory=list)
+    masks: list[np.ndarray] = field(default_factory=list)
+
+
+def run_batch(model: _Model, boxes: BoxSource | None, chunks: list[RowChunk], keys: list[str]) -> BatchOutput:
+    """The device stage: one model pass over the chunks' rows (``keys``: each chunk's video key, for its boxes)."""
+    pixels = np.concatenate([c.pixels for c in chunks])
+    if boxes is None:
+        return BatchOutput(chunks, model(pixels))
+    found = [boxes.boxes(key, c.indices, *c.size, _box_frames(c.pixels, c.centres)) for key, c in zip(keys, chunks)]
+    chunk_boxes, chunk_masks = (list(part) for part in zip(*found))
+    centres = np.concatenate([c.centres for c in chunks])
+    features, regions = model.with_regions(pixels, np.concatenate(chunk_boxes), centres)
+    return BatchOutput(chunks, features, regions, chunk_boxes, chunk_masks)
+
+
+class _Assembler:
+    """Collects each video's rows as the model returns them and stores a video once its last row is back."""
+
+    def __init__(
+        self, jobs: list[VideoJob], writer: StoreWriter, summary: ExtractSummary, options: ExtractOptions,
+        windows: bool,
+    ) -> None:
+        self.videos = {i: _Video(job) for i, job in enumerate(jobs)}
+        self.ended: set[int] = set()
+        self.writer, self.summary, self.options, self.windows = writer, summary, options, windows
+        self.bar = tqdm(total=len(jobs), unit="video", disable=not options.progress, dynamic_ncols=True)
+        self.start = time.perf_counter()
+
+    def keys(self, chunks: list[RowChunk]) -> list[str]:
+        return [self.videos[c.video].job.key for c in chunks]
+
+    def queued(self, chunk: RowChunk) -> None:
+        self.videos[chunk.video].queued += len(chunk)
+
+    def add(self, output: BatchOutput) -> None:
+        offset = 0
+        for i, chunk in enumerate(output.chunks):
+            video, n = self.videos[chunk.video], len(chunk)
+            video.features.append(output.features[offset:offset + n].astype(self.options.dtype))
+            video.timestamps.append(chunk.timestamps)
+            video.indices.append(chunk.indices)
+            video.ranges.append(chunk.ranges)
+            if output.regions is not None:
+                regions = output.regions[offset:offset + n].astype(self.options.dtype)
+                video.regions.append((regions, output.boxes[i], output.masks[i]))
+            video.done += n
+            offset += n
+        self.summary.rows += offset
+        rate = self.summary.rows / (time.perf_counter() - self.start)
+        self.bar.set_postfix_str(f"{rate:.1f} {self.summary.unit}/s", refresh=False)
+        self.finish_ready()
+
+    def end(self, message: VideoEnd) -> None:
+        video = self.videos[message.video]
+        video.decoded_frames, video.expected_frames = message.decoded_frames, message.expected_frames
+        video.partial = message.partial
+        self.ended.add(message.video)
+        self.finish_ready()
+
+    def failed(self, message: VideoFailed) -> None:
+        video = self.videos[message.video]
+        self._fail(video, message.error)
+        video.queued = video.done  # its rows still waiting were dropped
+        self.ended.add(message.video)
+        self.finish_ready()
+
+    def _fail(self, video: _Video, error: str) -> None:
+        video.failed = True
+        self.writer.add_failure(video.job.key, str(video.job.path), error)
+        self.summary.failures.append((str(video.job.path), error))
+        self.bar.update(1)
+
+    def finish_ready(self) -> None:
+        """Store every video whose last row has been through the model; commit them when the clock says so."""
+        for vid in [v for v in self.ended if self.videos[v].done == self.videos[v].queued]:
+            self.ended.discard(vid)
+            video = self.videos.pop(vid)
+            if video.failed:
+                continue
+            if video.partial and self.options.strict:
+                self._fail(video, f"{video.partial} (--strict turns partial decodes into failures)")
+                continue
+            try:
+                stat = video.job.path.stat()
+            except OSError as exc:
+                self._fail(video, f"the source disappeared during extraction: {exc.strerror or exc}")
+                continue
+            self.writer.add(self._record(video, stat))
+            self.summary.extracted += 1
+            if video.partial:
+                self.summary.partial.append((video.job.key, video.partial))
+            self.bar.update(1)
+        self.writer.commit_if_due()
+
+    def _record(self, video: _Video, stat: os.stat_result) -> VideoRecord:
+        return VideoRecord(
+            key=video.job.key,
+            features=np.concatenate(video.features),
+            timestamps=np.concatenate(video.timestamps),
+            frame_indices=np.concatenate(video.indices),
+            frame_ranges=np.concatenate(video.ranges) if self.windows else None,
+            **_concat_regions(video.regions),
+            label=video.job.label,
+            splits=video.job.splits,
+            source=str(video.job.path),
+            source_size=stat.st_size,
+            source_mtime=stat.st_mtime,
+            decoded_frames=video.decoded_frames,
+            expected_frames=video.expected_frames,
+            partial=video.partial,
+        )
+
+    def close(self) -> None:
+        self.bar.close()
+        self.summary.seconds = time.perf_counter() - self.start
+
+
 def _run(
     jobs: list[VideoJob],
     writer: StoreWriter,
@@ -415,128 +625,34 @@ def _run(
     options: ExtractOptions,
     summary: ExtractSummary,
 ) -> None:
+    """decoder -> batcher -> device stage -> assembler (which stores and commits), until every video is done."""
     model = _Model(backbone, device, options.precision)
-    videos = {i: _Video(job) for i, job in enumerate(jobs)}
     decoder = _Decoder(jobs, plan.geometry, options.sampling, plan.windowing, plan.boxes, options.workers,
                        chunk=batch_size)
-    pending: list[tuple] = []
-    pending_rows = 0
-    bar = tqdm(total=len(jobs), unit="video", disable=not options.progress, dynamic_ncols=True)
-    start = time.perf_counter()
+    batcher = Batcher()
+    assembler = _Assembler(jobs, writer, summary, options, plan.windowing is not None)
 
-    ended: set[int] = set()
-
-    def fail(video: _Video, error: str) -> None:
-        video.failed = True
-        writer.add_failure(video.job.key, str(video.job.path), error)
-        summary.failures.append((str(video.job.path), error))
-        bar.update(1)
-
-    def finish_ready() -> None:
-        """Store every video whose last frame has been through the model; commit them when the clock says so."""
-        for vid in [v for v in ended if videos[v].done == videos[v].queued]:
-            ended.discard(vid)
-            video = videos.pop(vid)
-            if video.failed:
-                continue
-            if video.partial and options.strict:
-                fail(video, f"{video.partial} (--strict turns partial decodes into failures)")
-                continue
-            try:
-                stat = video.job.path.stat()
-            except OSError as exc:
-                fail(video, f"the source disappeared during extraction: {exc.strerror or exc}")
-                continue
-            writer.add(VideoRecord(
-                key=video.job.key,
-                features=np.concatenate(video.features),
-                timestamps=np.concatenate(video.timestamps),
-                frame_indices=np.concatenate(video.indices),
-                frame_ranges=np.concatenate(video.ranges) if plan.windowing is not None else None,
-                **_concat_regions(video.regions),
-                label=video.job.label,
-                splits=video.job.splits,
-                source=str(video.job.path),
-                source_size=stat.st_size,
-                source_mtime=stat.st_mtime,
-                decoded_frames=video.decoded_frames,
-                expected_frames=video.expected_frames,
-                partial=video.partial,
-            ))
-            summary.extracted += 1
-            if video.partial:
-                summary.partial.append((video.job.key, video.partial))
-            bar.update(1)
-        writer.commit_if_due()
-
-    def run_batch(take: int) -> None:
-        """Run up to ``take`` rows, across videos; stops early where the input shape changes (uncropped
-        frames of differently sized videos cannot share a batch)."""
-        nonlocal pending, pending_rows
-        chunks, taken = [], 0
-        shape = pending[0][2].shape[1:]
-        while taken < take and pending and pending[0][2].shape[1:] == shape:
-            vid, size, *arrays = pending[0]
-            n = min(take - taken, len(arrays[0]))
-            chunks.append((vid, size, *(a[:n] for a in arrays)))
-            if n == len(arrays[0]):
-                pending.pop(0)
-            else:
-                pending[0] = (vid, size, *(a[n:] for a in arrays))
-            taken += n
-        pending_rows -= taken
-        pixels = np.concatenate([c[2] for c in chunks])
-        if plan.boxes is None:
-            features, regions = model(pixels), None
-        else:
-            boxes, masks = zip(*(plan.boxes.boxes(videos[vid].job.key, indices, *size, _box_frames(frames, centres))
-                                 for vid, size, frames, _, indices, _, centres in chunks))
-            centres = np.concatenate([c[6] for c in chunks])
-            features, regions = model.with_regions(pixels, np.concatenate(boxes), centres)
-        offset = 0
-        for i, (vid, _, frames, stamps, indices, ranges, _) in enumerate(chunks):
-            video = videos[vid]
-            n = len(frames)
-            video.features.append(features[offset:offset + n].astype(options.dtype))
-            video.timestamps.append(stamps)
-            video.indices.append(indices)
-            video.ranges.append(ranges)
-            if regions is not None:
-                video.regions.append((regions[offset:offset + n].astype(options.dtype), boxes[i], masks[i]))
-            video.done += n
-            offset += n
-        summary.rows += taken
-        elapsed = time.perf_counter() - start
-        bar.set_postfix_str(f"{summary.rows / elapsed:.1f} {summary.unit}/s", refresh=False)
-        finish_ready()
+    def run_batches(minimum: int) -> None:
+        """Run batches while at least ``minimum`` (>= 1) rows wait."""
+        while batcher.rows >= minimum:
+            chunks = batcher.take(batch_size)
+            assembler.add(run_batch(model, plan.boxes, chunks, assembler.keys(chunks)))
 
     try:
         for message in decoder.messages():
-            kind, vid = message[0], message[1]
-            video = videos[vid]
-            if kind == "rows":
-                video.queued += len(message[3])
-                pending.append((vid, *message[2:]))
-                pending_rows += len(message[3])
-                while pending_rows >= batch_size:
-                    run_batch(batch_size)
-            elif kind == "end":
-                _, _, video.decoded_frames, video.expected_frames, video.partial = message
-                ended.add(vid)
-                finish_ready()
+            if isinstance(message, RowChunk):
+                assembler.queued(message)
+                batcher.add(message)
+                run_batches(batch_size)
+            elif isinstance(message, VideoEnd):
+                assembler.end(message)
             else:
-                fail(video, message[2])
-                pending = [p for p in pending if p[0] != vid]
-                pending_rows = sum(len(p[2]) for p in pending)
-                video.queued = video.done
-                ended.add(vid)
-                finish_ready()
-        while pending_rows:
-            run_batch(min(batch_size, pending_rows))
-        finish_ready()
+                batcher.drop(message.video)
+                assembler.failed(message)
+        run_batches(1)  # the tail
+        assembler.finish_ready()
     except KeyboardInterrupt:
         summary.interrupted = True
     finally:
         decoder.close()
-        bar.close()
-        summary.seconds = time.perf_counter() - start
+        assembler.close()

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 from hmdb_fixture import make_hmdb51_tree
 from videogen import make_audio_only, make_text_file, make_truncated, make_video
+from vidfeat.extract.runner import Batcher, RowChunk
 from vidfeat.features import open_store
 from vidfeat.pipelines.cli import main
 
@@ -227,3 +228,23 @@ def test_three_fold_protocol_on_an_hmdb51_shaped_tree(hmdb, tmp_path):
     assert set(summary["mean"]) >= {"top1", "top5", "mean_class_accuracy"} and "top1" in summary["std"]
     table = run_cli("compare", tmp_path / "run")
     assert table.exit_code == 0 and "±" in table.output
+
+
+def _chunk(video: int, rows: int, side: int = 4, first: int = 0) -> RowChunk:
+    index = np.arange(first, first + rows)
+    return RowChunk(video, (side, side), np.full((rows, side, side, 3), video, np.uint8), index / 10.0, index,
+                    np.stack([index, index], 1), np.zeros(rows, np.int64))
+
+
+def test_batcher_fills_batches_across_videos_and_breaks_where_the_shape_changes():
+    batcher = Batcher()
+    for chunk in (_chunk(0, 3), _chunk(1, 4), _chunk(2, 2, side=6), _chunk(3, 1)):
+        batcher.add(chunk)
+    assert batcher.rows == 10
+    first = batcher.take(5)  # video 0 whole, then the first 2 rows of video 1
+    assert [(c.video, len(c)) for c in first] == [(0, 3), (1, 2)] and batcher.rows == 5
+    assert first[1].indices.tolist() == [0, 1] and first[1].ranges.tolist() == [[0, 0], [1, 1]]
+    rest = batcher.take(5)  # video 1's other 2 rows; video 2's larger frames cannot join them
+    assert [(c.video, len(c)) for c in rest] == [(1, 2)] and rest[0].timestamps.tolist() == [0.2, 0.3]
+    batcher.drop(2)  # video 2 failed: its waiting rows go, the others stay in order
+    assert batcher.rows == 1 and [(c.video, len(c)) for c in batcher.take(8)] == [(3, 1)] and batcher.rows == 0
