@@ -61,6 +61,8 @@ def main() -> None:
 @click.option("--commit-every", type=click.FloatRange(min=0), default=5.0, show_default=True, metavar="SECONDS",
               help="Commit finished videos at most this often (0: after every batch). A kill -9 redoes at most the "
                    "videos finished in the last SECONDS.")
+@click.option("--eager", is_flag=True,
+              help="CPU: run the model op by op instead of as a frozen, fused graph (the faster default).")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
               help="Autocast on CUDA (auto = fp16); CPU runs fp32.")
 @click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,
@@ -71,14 +73,14 @@ def main() -> None:
 @click.option("--seed", default=0, show_default=True, help="Seed of the `folder` adapter's split.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 def extract(inputs, out, dataset, data_root, list_file, backbone, weights, fps, every_n, clip_len, clip_stride,
-            rois, max_rois, roi_size, roi_score_threshold, roi_classes, detector_weights, device, batch_size, workers, commit_every, precision, dtype, allow_failures, skip_failed, strict, seed, no_progress) -> None:
+            rois, max_rois, roi_size, roi_score_threshold, roi_classes, detector_weights, device, batch_size, workers, commit_every, eager, precision, dtype, allow_failures, skip_failed, strict, seed, no_progress) -> None:
     """Extract features of INPUT videos/directories, or of --dataset NAME --data-root DIR, into --out."""
     try:
         options = ExtractOptions(
             sampling=Sampling(fps=fps, every_n=every_n), clip_len=clip_len, clip_stride=clip_stride, rois=rois,
             max_rois=max_rois, roi_size=roi_size, roi_score_threshold=roi_score_threshold, roi_classes=roi_classes,
             detector_weights=detector_weights, device=device, batch_size=batch_size, workers=workers,
-            commit_every=commit_every,
+            commit_every=commit_every, eager=eager,
             precision=precision, dtype=dtype, strict=strict, skip_failed=skip_failed, progress=not no_progress,
         )
         summary = stages.extract(

@@ -248,3 +248,17 @@ def test_batcher_fills_batches_across_videos_and_breaks_where_the_shape_changes(
     assert [(c.video, len(c)) for c in rest] == [(1, 2)] and rest[0].timestamps.tolist() == [0.2, 0.3]
     batcher.drop(2)  # video 2 failed: its waiting rows go, the others stay in order
     assert batcher.rows == 1 and [(c.video, len(c)) for c in batcher.take(8)] == [(3, 1)] and batcher.rows == 0
+
+
+def test_frozen_cpu_graph_matches_eager_features(many_videos, tmp_path):
+    """The default CPU path runs a frozen graph; --eager runs the module itself. Same rows, near-same features."""
+    out = tmp_path / "eager.h5"
+    assert run_cli("extract", many_videos, "--out", out, "--eager", "--dtype", "float32").exit_code == 0
+    frozen = tmp_path / "frozen.h5"
+    assert run_cli("extract", many_videos, "--out", frozen, "--dtype", "float32").exit_code == 0
+    with open_store(out) as eager, open_store(frozen) as graph:
+        assert eager.keys() == graph.keys()
+        for key in eager.keys():
+            np.testing.assert_allclose(graph.features(key), eager.features(key), atol=1e-4, rtol=1e-4)
+            np.testing.assert_array_equal(graph.timestamps(key), eager.timestamps(key))
+            np.testing.assert_array_equal(graph.frame_indices(key), eager.frame_indices(key))
