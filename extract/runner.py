@@ -1,39 +1,36 @@
-"""The batched extraction runner: decode in background threads, batch frames across videos, commit per video.
+"""The batched extraction runner: decode in worker processes, batch frames across videos, commit per video.
 
-The parts, each a small class or function passing typed messages: ``_Decoder`` (threads; RowChunk, VideoEnd and
-VideoFailed messages) -> ``Batcher`` (rows of all videos, cut into batches) -> ``run_batch`` (the device stage;
-a BatchOutput) -> ``_Assembler`` (each video's rows back together, stored and committed on the writer's clock).
+The parts, each a small class passing typed messages: ``DecodePool`` (spawned processes; RowChunk, VideoEnd and
+VideoFailed messages) -> ``Batcher`` (rows of all videos, cut into batches) -> ``DeviceStage`` (BatchOutputs; on
+CUDA one batch behind, so upload, compute and storing overlap) -> ``_Assembler`` (each video's rows back
+together, stored and committed on the writer's clock). ``_Extraction`` routes the messages between them.
 
 Short clips (HMDB51 averages ~3 s) would starve the model if batches stopped at video boundaries, so decoded
-frames of all videos flow through one queue and every batch is full until the very end. A video is written to
+frames of all videos flow into one batcher and every batch is full until the very end. A video is written to
 the store as soon as its last frame has been through the model; failures are recorded and the run goes on.
 """
 from __future__ import annotations
 
 import os
 import platform
-import queue
-import threading
 import time
-import warnings
-from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 from tqdm import tqdm
 
 from vidfeat.extract.backbones import Backbone, create_backbone
-from vidfeat.extract.rois import ROI_OUTPUT_SIZE, BoxSource, parse_roi_source, pool_regions
-from vidfeat.extract.video import Geometry, Sampling, VideoError, VideoReader, backend_versions
-from vidfeat.extract.windows import Row, Windowing, frame_rows, window_rows
+from vidfeat.extract.decode_pool import DecodePool, DecodeSpec, PoolMessage, RowChunk, VideoEnd, VideoFailed
+from vidfeat.extract.device import (
+    BatchOutput, DeviceStage, Model, ModelSettings, autocast_dtype, default_batch_size, resolve_device,
+)
+from vidfeat.extract.rois import ROI_OUTPUT_SIZE, BoxSource, parse_roi_source
+from vidfeat.extract.video import Geometry, Sampling, backend_versions
+from vidfeat.extract.windows import Windowing
 from vidfeat.features.store import StoreWriter, VideoRecord
-
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
-
 
 @dataclass(frozen=True)
 class VideoJob:
@@ -58,9 +55,10 @@ class ExtractOptions:
     detector_weights: str | None = None
     device: str = "auto"
     batch_size: int | None = None
-    workers: int = 2
+    workers: int | None = None      # decode processes (default: the cores minus one, at least one)
     commit_every: float = 5.0        # seconds between commits of finished videos (0: after every batch)
     eager: bool = False              # CPU: run the model op by op instead of as a frozen graph
+    compile: bool = False            # torch.compile the backbone (either device)
     precision: str = "auto"
     dtype: str = "float16"
     strict: bool = False
@@ -89,37 +87,6 @@ class ExtractSummary:
     @property
     def rows_per_second(self) -> float:
         return self.rows / self.seconds if self.seconds > 0 else 0.0
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' picks CUDA when present; an unavailable CUDA request fails loudly instead of silently using CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name} was requested but CUDA is not available here; use --device cpu or auto")
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"unsupported --device {name}; use auto, cpu, cuda or cuda:N")
-    return device
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """Reduced precision only where it pays: CUDA tensor cores. On CPU fp32 is both faster and exact."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-    if device.type != "cuda":
-        if precision in ("fp16", "bf16"):
-            raise ValueError(f"--precision {precision} needs a CUDA device; use --precision fp32 on {device}")
-        return None
-    return {"auto": torch.float16, "fp16": torch.float16, "bf16": torch.bfloat16, "fp32": None}[precision]
-
-
-def default_batch_size(device: torch.device, kind: str = "frame") -> int:
-    """Frames: 8 is the measured sweet spot with channels_last on a 2-core CPU; GPUs want far bigger batches.
-    Clip windows are tens of frames each, so a few make a batch."""
-    if kind == "clip":
-        return 16 if device.type == "cuda" else 2
-    return 128 if device.type == "cuda" else 8
 
 
 def windowing_for(backbone: Backbone, options: ExtractOptions) -> Windowing | None:
@@ -205,56 +172,6 @@ class _Video:
     partial: str = ""
 
 
-_END = object()
-
-
-@dataclass(frozen=True)
-class RowChunk:
-    """Decoder -> batcher: consecutive model-input rows of one video, with where each row came from."""
-
-    video: int
-    size: tuple[int, int]      # the source's display width and height (for boxes)
-    pixels: np.ndarray         # [n, H, W, 3] frames or [n, T, H, W, 3] clip windows, uint8
-    timestamps: np.ndarray     # [n] seconds
-    indices: np.ndarray        # [n] source frame index (a window's centre frame)
-    ranges: np.ndarray         # [n, 2] first and last source frame of each row
-    centres: np.ndarray        # [n] position of the centre frame inside each window (0 for frames)
-
-    def __len__(self) -> int:
-        return len(self.pixels)
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return self.pixels.shape[1:]
-
-    def split(self, n: int) -> tuple["RowChunk", "RowChunk"]:
-        """The first ``n`` rows and the rest."""
-        head = {name: getattr(self, name)[:n] for name in _ROW_ARRAYS}
-        tail = {name: getattr(self, name)[n:] for name in _ROW_ARRAYS}
-        return replace(self, **head), replace(self, **tail)
-
-
-_ROW_ARRAYS = ("pixels", "timestamps", "indices", "ranges", "centres")
-
-
-@dataclass(frozen=True)
-class VideoEnd:
-    """Decoder -> assembler: every row of the video has been sent."""
-
-    video: int
-    decoded_frames: int
-    expected_frames: int       # -1 when the container does not say
-    partial: str               # why decoding stopped early, or ""
-
-
-@dataclass(frozen=True)
-class VideoFailed:
-    """Decoder -> assembler: the video could not be decoded; rows already sent are dropped."""
-
-    video: int
-    error: str
-
-
 @dataclass(frozen=True)
 class _Plan:
     """What the model sees per row: input geometry, clip windows (or single frames), region boxes (or none)."""
@@ -264,158 +181,11 @@ class _Plan:
     boxes: BoxSource | None
 
 
-def _box_frames(pixels: np.ndarray, centres: np.ndarray) -> np.ndarray:
-    """The frames boxes are found on: the frames themselves, or each window's centre frame (what detectors see)."""
-    return pixels if pixels.ndim == 4 else pixels[np.arange(len(pixels)), centres]
-
-
 def _concat_regions(regions: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> dict:
     if not regions:
         return {}
     features, boxes, mask = zip(*regions)
     return {"roi_features": np.concatenate(features), "boxes": np.concatenate(boxes), "roi_mask": np.concatenate(mask)}
-
-
-class _Decoder:
-    """Background decode threads feeding RowChunk, VideoEnd and VideoFailed messages into a bounded queue."""
-
-    def __init__(
-        self, jobs: list[VideoJob], geometry: Geometry, sampling: Sampling, windowing: Windowing | None,
-        boxes: BoxSource | None, workers: int, chunk: int,
-    ) -> None:
-        self.geometry = geometry
-        self.boxes = boxes
-        self.sampling = sampling
-        self.windowing = windowing
-        self.chunk = chunk
-        self.todo: queue.Queue = queue.Queue()
-        for i, job in enumerate(jobs):
-            self.todo.put((i, job))
-        self.out: queue.Queue = queue.Queue(maxsize=max(4, 4 * workers))
-        self.stop = threading.Event()
-        self.threads = [threading.Thread(target=self._work, daemon=True) for _ in range(max(1, workers))]
-        for t in self.threads:
-            t.start()
-
-    def _put(self, message) -> bool:
-        while not self.stop.is_set():
-            try:
-                self.out.put(message, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _work(self) -> None:
-        while not self.stop.is_set():
-            try:
-                vid, job = self.todo.get_nowait()
-            except queue.Empty:
-                break
-            self._decode(vid, job)
-        self._put(_END)
-
-    def _decode(self, vid: int, job: VideoJob) -> None:
-        try:
-            reader = VideoReader(job.path, self.sampling, self.geometry)
-            size = (reader.info.width, reader.info.height)
-            if self.boxes is not None:
-                self.boxes.check(job.key, *size)
-            rows = frame_rows(reader) if self.windowing is None else window_rows(reader, self.windowing)
-            chunk: list[Row] = []
-            for row in rows:
-                chunk.append(row)
-                if len(chunk) == self.chunk:
-                    if not self._put(self._rows_message(vid, chunk, size)):
-                        return
-                    chunk = []
-            if chunk and not self._put(self._rows_message(vid, chunk, size)):
-                return
-            expected = reader.info.expected_frames
-            self._put(VideoEnd(vid, reader.decoded_frames, -1 if expected is None else expected,
-                               (reader.error or "partial decode") if reader.partial else ""))
-        except (VideoError, ValueError) as exc:
-            self._put(VideoFailed(vid, str(exc)))
-        except Exception as exc:  # a decoder bug on one file must not end the run
-            self._put(VideoFailed(vid, f"unexpected {type(exc).__name__}: {exc}"))
-
-    @staticmethod
-    def _rows_message(vid: int, rows: list[Row], size: tuple[int, int]) -> RowChunk:
-        return RowChunk(
-            vid, size, np.stack([r.pixels for r in rows]), np.array([r.timestamp for r in rows]),
-            np.array([r.index for r in rows]), np.array([(r.first, r.last) for r in rows], dtype=np.int64),
-            np.array([r.centre for r in rows]),
-        )
-
-    def messages(self):
-        finished = 0
-        while finished < len(self.threads):
-            message = self.out.get()
-            if message is _END:
-                finished += 1
-            else:
-                yield message
-
-    def close(self) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(timeout=5)
-
-
-def freeze_graph(extractor: nn.Module, input_shape: tuple[int, ...]) -> torch.jit.ScriptModule:
-    """The extractor traced on a uint8 batch of ``input_shape`` and frozen: weights become constants, conv + BN
-    are folded and oneDNN fuses what it can. On 2 CPU cores, batch 8 at 224 px, it ran resnet50 1.2x and
-    efficientnet_lite0 1.4-1.9x faster than eager, with features within 1e-4 of eager's (tested). Other batch
-    sizes reuse the graph (the last batch is shorter)."""
-    example = torch.zeros(input_shape, dtype=torch.uint8)
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the tracer's notes on the input checks it drops
-        return torch.jit.freeze(torch.jit.trace(extractor, example))
-
-
-class _Model:
-    """Runs batches on the device with the precision and memory layout that are fastest there."""
-
-    def __init__(self, backbone: Backbone, device: torch.device, precision: str, frozen_input: tuple | None) -> None:
-        self.device = device
-        self.extractor = backbone.extractor.to(device).eval()
-        self.amp = autocast_dtype(precision, device)
-        self.forward = self.extractor if frozen_input is None else freeze_graph(self.extractor, frozen_input)
-
-    def _to_device(self, frames: np.ndarray) -> torch.Tensor:
-        batch = torch.from_numpy(frames)
-        if self.device.type == "cuda":
-            batch = batch.pin_memory().to(self.device, non_blocking=True)
-        return batch
-
-    def _autocast(self):
-        return torch.autocast("cuda", dtype=self.amp) if self.amp is not None else nullcontext()
-
-    @torch.inference_mode()
-    def __call__(self, frames: np.ndarray) -> np.ndarray:
-        with self._autocast():
-            features = self.forward(self._to_device(frames))
-        return features.float().cpu().numpy()
-
-    @torch.inference_mode()
-    def with_regions(
-        self, pixels: np.ndarray, boxes: np.ndarray, centres: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Global features and [B, R, D] region features from one pass over the full frames or clips.
-
-        A clip's map is [B, D, T', H', W'], one spatial map per output time step; a window's boxes belong to the
-        frame at position ``centre``, so its regions are pooled from the time step whose input span holds that
-        frame (I3D: one step per 8 input frames), where the boxes and the map show the same moment."""
-        with self._autocast():
-            if pixels.ndim == 5:
-                features, clip_map = self.extractor.features_and_map(self._to_device(pixels))
-                steps = torch.from_numpy(centres * clip_map.shape[2] // pixels.shape[1]).to(self.device)
-                feature_map = clip_map[torch.arange(len(pixels), device=self.device), :, steps]
-            else:
-                feature_map = self.extractor.feature_map(self._to_device(pixels))
-                features = feature_map.float().mean(dim=(2, 3))
-        regions = pool_regions(feature_map, torch.from_numpy(boxes).to(self.device), pixels.shape[-3:-1])
-        return features.float().cpu().numpy(), regions.cpu().numpy()
 
 
 def extract_videos(
@@ -502,30 +272,6 @@ class Batcher:
             count += len(head)
         self.rows -= count
         return taken
-
-
-@dataclass
-class BatchOutput:
-    """Device stage -> assembler: the features of one batch, row-aligned with its chunks; for region stores also
-    each row's region features and each chunk's boxes and masks."""
-
-    chunks: list[RowChunk]
-    features: np.ndarray
-    regions: np.ndarray | None = None
-    boxes: list[np.ndarray] = field(default_factory=list)
-    masks: list[np.ndarray] = field(default_factory=list)
-
-
-def run_batch(model: _Model, boxes: BoxSource | None, chunks: list[RowChunk], keys: list[str]) -> BatchOutput:
-    """The device stage: one model pass over the chunks' rows (``keys``: each chunk's video key, for its boxes)."""
-    pixels = np.concatenate([c.pixels for c in chunks])
-    if boxes is None:
-        return BatchOutput(chunks, model(pixels))
-    found = [boxes.boxes(key, c.indices, *c.size, _box_frames(c.pixels, c.centres)) for key, c in zip(keys, chunks)]
-    chunk_boxes, chunk_masks = (list(part) for part in zip(*found))
-    centres = np.concatenate([c.centres for c in chunks])
-    features, regions = model.with_regions(pixels, np.concatenate(chunk_boxes), centres)
-    return BatchOutput(chunks, features, regions, chunk_boxes, chunk_masks)
 
 
 class _Assembler:
@@ -630,15 +376,73 @@ class _Assembler:
         self.summary.seconds = time.perf_counter() - self.start
 
 
-def _frozen_input(
+def model_settings(
     backbone: Backbone, plan: _Plan, device: torch.device, batch_size: int, options: ExtractOptions
-) -> tuple[int, ...] | None:
-    """The input shape to freeze the model's graph for, or None to run it eagerly: frozen graphs are the CPU
-    default for frame backbones on their fixed crop (regions and clips run eagerly, as does ``--eager``)."""
+) -> ModelSettings:
+    """Frozen graphs are the CPU default for frame backbones on their fixed crop; regions and clips run eagerly,
+    as does ``--eager``; ``--compile`` compiles any of them."""
+    if options.eager and options.compile:
+        raise ValueError("--eager and --compile exclude each other; choose one")
+    if options.compile and plan.boxes is not None:
+        raise ValueError("--compile does not apply with --rois (region maps come from the eager backbone); drop one")
     crop = plan.geometry.crop
+    if options.compile:
+        return ModelSettings(options.precision, "compiled", (batch_size,))
     if options.eager or device.type != "cpu" or backbone.kind != "frame" or plan.boxes is not None or not crop:
-        return None
-    return (batch_size, crop, crop, 3)
+        return ModelSettings(options.precision)
+    return ModelSettings(options.precision, "frozen", (batch_size, crop, crop, 3))
+
+
+class _Extraction:
+    """Routes the pool's messages: rows to the batcher (full batches to the device stage, outputs to the
+    assembler), ends and failures to the assembler. Region boxes are checked against each video's first rows."""
+
+    def __init__(self, stage: DeviceStage, plan: _Plan, batch_size: int, assembler: _Assembler) -> None:
+        self.stage, self.plan, self.batch_size, self.assembler = stage, plan, batch_size, assembler
+        self.batcher = Batcher()
+        self.checked: set[int] = set()
+        self.rejected: set[int] = set()
+
+    def handle(self, message: PoolMessage) -> None:
+        if message.video in self.rejected:
+            return
+        if isinstance(message, RowChunk):
+            if self._boxes_fit(message):
+                self.assembler.queued(message)
+                self.batcher.add(message)
+                self.run_batches(self.batch_size)
+        elif isinstance(message, VideoEnd):
+            self.assembler.end(message)
+        else:
+            self.batcher.drop(message.video)
+            self.assembler.failed(message)
+
+    def _boxes_fit(self, chunk: RowChunk) -> bool:
+        """Whether the region source can give boxes for this video; a video it cannot is failed, not decoded on."""
+        if self.plan.boxes is None or chunk.video in self.checked:
+            return True
+        self.checked.add(chunk.video)
+        try:
+            self.plan.boxes.check(self.assembler.keys([chunk])[0], *chunk.size)
+            return True
+        except ValueError as exc:
+            self.rejected.add(chunk.video)
+            self.assembler.failed(VideoFailed(chunk.video, str(exc)))
+            return False
+
+    def run_batches(self, minimum: int) -> None:
+        """Run batches while at least ``minimum`` (>= 1) rows wait."""
+        while self.batcher.rows >= minimum:
+            chunks = self.batcher.take(self.batch_size)
+            for output in self.stage.submit(chunks, self.assembler.keys(chunks)):
+                self.assembler.add(output)
+
+    def finish(self) -> None:
+        """The tail: the last rows, the batches still on the device, and the videos they complete."""
+        self.run_batches(1)
+        for output in self.stage.flush():
+            self.assembler.add(output)
+        self.assembler.finish_ready()
 
 
 def _run(
@@ -651,34 +455,22 @@ def _run(
     options: ExtractOptions,
     summary: ExtractSummary,
 ) -> None:
-    """decoder -> batcher -> device stage -> assembler (which stores and commits), until every video is done."""
-    model = _Model(backbone, device, options.precision, _frozen_input(backbone, plan, device, batch_size, options))
-    decoder = _Decoder(jobs, plan.geometry, options.sampling, plan.windowing, plan.boxes, options.workers,
-                       chunk=batch_size)
-    batcher = Batcher()
-    assembler = _Assembler(jobs, writer, summary, options, plan.windowing is not None)
-
-    def run_batches(minimum: int) -> None:
-        """Run batches while at least ``minimum`` (>= 1) rows wait."""
-        while batcher.rows >= minimum:
-            chunks = batcher.take(batch_size)
-            assembler.add(run_batch(model, plan.boxes, chunks, assembler.keys(chunks)))
-
+    """decode pool -> batcher -> device stage -> assembler (which stores and commits), until every video is done."""
+    spec = DecodeSpec(options.sampling, plan.geometry, plan.windowing, chunk_rows=batch_size)
+    pool = DecodePool([job.path for job in jobs], spec, options.workers)  # first: workers decode while the model builds
     try:
-        for message in decoder.messages():
-            if isinstance(message, RowChunk):
-                assembler.queued(message)
-                batcher.add(message)
-                run_batches(batch_size)
-            elif isinstance(message, VideoEnd):
-                assembler.end(message)
-            else:
-                batcher.drop(message.video)
-                assembler.failed(message)
-        run_batches(1)  # the tail
-        assembler.finish_ready()
+        model = Model(backbone, device, model_settings(backbone, plan, device, batch_size, options))
+    except BaseException:
+        pool.close()
+        raise
+    assembler = _Assembler(jobs, writer, summary, options, plan.windowing is not None)
+    extraction = _Extraction(DeviceStage(model, plan.boxes), plan, batch_size, assembler)
+    try:
+        for message in pool.messages():
+            extraction.handle(message)
+        extraction.finish()
     except KeyboardInterrupt:
         summary.interrupted = True
     finally:
-        decoder.close()
+        pool.close()
         assembler.close()

@@ -534,11 +534,15 @@ class _Converter:
 class VideoReader:
     """Streams sampled frames of one video; never holds the whole video in memory.
 
-    geometry=None keeps the full display size (still upright and RGB).
+    geometry=None keeps the full display size (still upright and RGB). threads: libav's decoding threads (0: as
+    many as it sees cores; a pool of several decoding processes gives each its share instead).
     """
 
-    def __init__(self, path: str | Path, sampling: Sampling | None = None, geometry: Geometry | None = None) -> None:
+    def __init__(
+        self, path: str | Path, sampling: Sampling | None = None, geometry: Geometry | None = None, threads: int = 0
+    ) -> None:
         self.path = path
+        self.threads = threads
         self.sampling = sampling if sampling is not None else Sampling()
         self.geometry = geometry
         self.info = probe_video(path)
@@ -554,6 +558,7 @@ class VideoReader:
         try:
             stream = _video_stream(container, self.path)
             stream.thread_type = "AUTO"
+            stream.thread_count = self.threads
             time_base = stream.time_base or Fraction(1, 1)
             nominal = 1 / Fraction(self.info.avg_fps) if self.info.avg_fps else Fraction(1, 25)
             decoder = _Decoder(container, stream)

@@ -14,7 +14,8 @@ if sys.argv[1:2] and sys.argv[1] in ("train-temporal", "evaluate", "compare"):
 
 import click  # noqa: E402
 
-from vidfeat.extract.runner import PRECISIONS, ExtractOptions  # noqa: E402
+from vidfeat.extract.device import PRECISIONS  # noqa: E402
+from vidfeat.extract.runner import ExtractOptions  # noqa: E402
 from vidfeat.extract.video import Sampling  # noqa: E402
 from vidfeat.features.store import StoreError, merge_stores, open_store  # noqa: E402
 from vidfeat.pipelines import stages  # noqa: E402
@@ -57,12 +58,15 @@ def main() -> None:
 @click.option("--detector-weights", help="detector: a state_dict file, or `none`. Default: the torch cache.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--batch-size", type=int, help="Frames per batch, across video boundaries. Default: 8 on CPU, 128 on CUDA.")
-@click.option("--workers", default=2, show_default=True, help="Background decode threads.")
+@click.option("--workers", type=click.IntRange(min=1),
+              help="Decode processes. A crash in one costs only the video it held.  [default: cores - 1, at least 1]")
 @click.option("--commit-every", type=click.FloatRange(min=0), default=5.0, show_default=True, metavar="SECONDS",
               help="Commit finished videos at most this often (0: after every batch). A kill -9 redoes at most the "
                    "videos finished in the last SECONDS.")
 @click.option("--eager", is_flag=True,
               help="CPU: run the model op by op instead of as a frozen, fused graph (the faster default).")
+@click.option("--compile", "compile_model", is_flag=True,
+              help="torch.compile the backbone (minutes of compiling first; pays off on long GPU runs).")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
               help="Autocast on CUDA (auto = fp16); CPU runs fp32.")
 @click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,
@@ -73,14 +77,14 @@ def main() -> None:
 @click.option("--seed", default=0, show_default=True, help="Seed of the `folder` adapter's split.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 def extract(inputs, out, dataset, data_root, list_file, backbone, weights, fps, every_n, clip_len, clip_stride,
-            rois, max_rois, roi_size, roi_score_threshold, roi_classes, detector_weights, device, batch_size, workers, commit_every, eager, precision, dtype, allow_failures, skip_failed, strict, seed, no_progress) -> None:
+            rois, max_rois, roi_size, roi_score_threshold, roi_classes, detector_weights, device, batch_size, workers, commit_every, eager, compile_model, precision, dtype, allow_failures, skip_failed, strict, seed, no_progress) -> None:
     """Extract features of INPUT videos/directories, or of --dataset NAME --data-root DIR, into --out."""
     try:
         options = ExtractOptions(
             sampling=Sampling(fps=fps, every_n=every_n), clip_len=clip_len, clip_stride=clip_stride, rois=rois,
             max_rois=max_rois, roi_size=roi_size, roi_score_threshold=roi_score_threshold, roi_classes=roi_classes,
             detector_weights=detector_weights, device=device, batch_size=batch_size, workers=workers,
-            commit_every=commit_every, eager=eager,
+            commit_every=commit_every, eager=eager, compile=compile_model,
             precision=precision, dtype=dtype, strict=strict, skip_failed=skip_failed, progress=not no_progress,
         )
         summary = stages.extract(

@@ -14,7 +14,8 @@ from click.testing import CliRunner
 
 from hmdb_fixture import make_hmdb51_tree
 from videogen import make_audio_only, make_text_file, make_truncated, make_video
-from vidfeat.extract.runner import Batcher, RowChunk
+from vidfeat.extract.decode_pool import RowChunk
+from vidfeat.extract.runner import Batcher
 from vidfeat.features import open_store
 from vidfeat.pipelines.cli import main
 

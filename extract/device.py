@@ -1,0 +1,250 @@
+"""The device stage: batches of uint8 rows in, float features out, as fast as the device allows.
+
+* CPU: fp32, and for frame backbones a frozen TorchScript graph (conv + BN folded, oneDNN fusions), measured
+  faster than eager with the same features; each batch completes before the next is taken.
+* CUDA: the batch is assembled straight into a pinned staging buffer, uploaded as uint8 on a side stream (so batch
+  n+1 uploads while batch n computes), normalised and made channels_last on the device inside the extractor, run
+  under fp16/bf16 autocast, and copied back asynchronously into pinned memory. ``submit`` returns a batch's
+  features one batch later, so the host assembles and stores batch n-1 while the device runs batch n, and the
+  decode pool's processes keep decoding all along.
+* ``--compile`` wraps the extractor in ``torch.compile`` instead (on either device).
+"""
+from __future__ import annotations
+
+import warnings
+from collections import deque
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from vidfeat.extract.backbones import Backbone
+from vidfeat.extract.decode_pool import RowChunk
+from vidfeat.extract.rois import BoxSource, pool_regions
+
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' picks CUDA when present; an unavailable CUDA request fails loudly instead of silently using CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name} was requested but CUDA is not available here; use --device cpu or auto")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"unsupported --device {name}; use auto, cpu, cuda or cuda:N")
+    return device
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """Reduced precision only where it pays: CUDA tensor cores. On CPU fp32 is both faster and exact."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if device.type != "cuda":
+        if precision in ("fp16", "bf16"):
+            raise ValueError(f"--precision {precision} needs a CUDA device; use --precision fp32 on {device}")
+        return None
+    return {"auto": torch.float16, "fp16": torch.float16, "bf16": torch.bfloat16, "fp32": None}[precision]
+
+
+def default_batch_size(device: torch.device, kind: str = "frame") -> int:
+    """Frames: 8 is the measured sweet spot with channels_last on a 2-core CPU; GPUs want far bigger batches.
+    Clip windows are tens of frames each, so a few make a batch."""
+    if kind == "clip":
+        return 16 if device.type == "cuda" else 2
+    return 128 if device.type == "cuda" else 8
+
+
+def freeze_graph(extractor: nn.Module, input_shape: tuple[int, ...]) -> torch.jit.ScriptModule:
+    """The extractor traced on a uint8 batch of ``input_shape`` and frozen: weights become constants, conv + BN
+    are folded and oneDNN fuses what it can. On 2 CPU cores, batch 8 at 224 px, it ran resnet50 1.2x and
+    efficientnet_lite0 1.4-1.9x faster than eager, with features within 1e-4 of eager's (tested). Other batch
+    sizes reuse the graph (the last batch is shorter)."""
+    example = torch.zeros(input_shape, dtype=torch.uint8)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's notes on the input checks it drops
+        return torch.jit.freeze(torch.jit.trace(extractor, example))
+
+
+GRAPHS = ("eager", "frozen", "compiled")
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """How the backbone runs: op by op (eager), as a frozen TorchScript graph traced on ``input_shape`` (the CPU
+    default for frame backbones), or through torch.compile."""
+
+    precision: str = "auto"
+    graph: str = "eager"
+    input_shape: tuple[int, ...] | None = None  # a full batch: what is traced; compiled graphs need its batch size
+
+    def __post_init__(self) -> None:
+        if self.graph not in GRAPHS:
+            raise ValueError(f"unknown graph {self.graph!r}; choose one of {', '.join(GRAPHS)}")
+        if self.graph != "eager" and self.input_shape is None:
+            raise ValueError(f"a {self.graph} graph needs the batch's input_shape")
+
+
+class Model:
+    """The backbone on its device, with the precision and graph that are fastest there."""
+
+    def __init__(self, backbone: Backbone, device: torch.device, settings: ModelSettings) -> None:
+        self.device = device
+        self.extractor = backbone.extractor.to(device).eval()
+        self.amp = autocast_dtype(settings.precision, device)
+        self.full_batch = settings.input_shape[0] if settings.graph == "compiled" else None
+        if settings.graph == "compiled":
+            self.forward = torch.compile(self.extractor, dynamic=False)
+        elif settings.graph == "frozen":
+            self.forward = freeze_graph(self.extractor, settings.input_shape)
+        else:
+            self.forward = self.extractor
+
+    def run(self, batch: torch.Tensor) -> torch.Tensor:
+        """Features of a batch on the device, under autocast. A compiled graph always sees the full batch (a short
+        last batch is padded with copies of its last row), so it is compiled once."""
+        rows = len(batch)
+        if self.full_batch is not None and rows < self.full_batch:
+            batch = torch.cat([batch, batch[-1:].expand(self.full_batch - rows, *batch.shape[1:])])
+        with self.autocast():
+            return self.forward(batch)[:rows]
+
+    def _to_device(self, frames: np.ndarray) -> torch.Tensor:
+        batch = torch.from_numpy(frames)
+        if self.device.type == "cuda":
+            batch = batch.pin_memory().to(self.device, non_blocking=True)
+        return batch
+
+    def autocast(self):
+        return torch.autocast("cuda", dtype=self.amp) if self.amp is not None else nullcontext()
+
+    @torch.inference_mode()
+    def __call__(self, frames: np.ndarray) -> np.ndarray:
+        """Features of one batch, synchronously."""
+        return self.run(self._to_device(frames)).float().cpu().numpy()
+
+    @torch.inference_mode()
+    def with_regions(
+        self, pixels: np.ndarray, boxes: np.ndarray, centres: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Global features and [B, R, D] region features from one pass over the full frames or clips.
+
+        A clip's map is [B, D, T', H', W'], one spatial map per output time step; a window's boxes belong to the
+        frame at position ``centre``, so its regions are pooled from the time step whose input span holds that
+        frame (I3D: one step per 8 input frames), where the boxes and the map show the same moment."""
+        with self.autocast():
+            if pixels.ndim == 5:
+                features, clip_map = self.extractor.features_and_map(self._to_device(pixels))
+                steps = torch.from_numpy(centres * clip_map.shape[2] // pixels.shape[1]).to(self.device)
+                feature_map = clip_map[torch.arange(len(pixels), device=self.device), :, steps]
+            else:
+                feature_map = self.extractor.feature_map(self._to_device(pixels))
+                features = feature_map.float().mean(dim=(2, 3))
+        regions = pool_regions(feature_map, torch.from_numpy(boxes).to(self.device), pixels.shape[-3:-1])
+        return features.float().cpu().numpy(), regions.cpu().numpy()
+
+
+@dataclass
+class BatchOutput:
+    """Device stage -> assembler: the features of one batch, row-aligned with its chunks; for region stores also
+    each row's region features and each chunk's boxes and masks."""
+
+    chunks: list[RowChunk]
+    features: np.ndarray
+    regions: np.ndarray | None = None
+    boxes: list[np.ndarray] = field(default_factory=list)
+    masks: list[np.ndarray] = field(default_factory=list)
+
+
+def _box_frames(pixels: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """The frames boxes are found on: the frames themselves, or each window's centre frame (what detectors see)."""
+    return pixels if pixels.ndim == 4 else pixels[np.arange(len(pixels)), centres]
+
+
+@dataclass
+class _InFlight:
+    """A CUDA batch whose features are still being computed and copied back into ``host``."""
+
+    chunks: list[RowChunk]
+    host: torch.Tensor
+    done: torch.cuda.Event
+
+
+class _CudaOverlap:
+    """Pinned staging buffers (two, used in turn), uploads on a side stream, asynchronous downloads."""
+
+    def __init__(self, model: Model) -> None:
+        self.model = model
+        self.copy_stream = torch.cuda.Stream(model.device)
+        self.staging: list[torch.Tensor | None] = [None, None]
+        self.turn = 0
+        self.in_flight: deque[_InFlight] = deque()
+
+    def _stage(self, chunks: list[RowChunk]) -> torch.Tensor:
+        """The batch's rows copied straight into a pinned buffer (grown when a batch does not fit)."""
+        rows, shape = sum(len(c) for c in chunks), chunks[0].shape
+        buffer = self.staging[self.turn]
+        if buffer is None or buffer.shape[1:] != shape or len(buffer) < rows:
+            buffer = torch.empty((rows, *shape), dtype=torch.uint8, pin_memory=True)
+            self.staging[self.turn] = buffer
+        self.turn = 1 - self.turn
+        np.concatenate([c.pixels for c in chunks], out=buffer[:rows].numpy())
+        return buffer[:rows]
+
+    @torch.inference_mode()
+    def submit(self, chunks: list[RowChunk]) -> list[BatchOutput]:
+        """Start a batch; returns the batches that finished, keeping at most one in flight.
+
+        Staging buffer reuse is safe: a buffer is refilled two batches later, after the batch that used it has
+        been waited for, and that batch's compute came after its upload on the stream order."""
+        host_batch = self._stage(chunks)
+        compute = torch.cuda.current_stream(self.model.device)
+        with torch.cuda.stream(self.copy_stream):
+            batch = host_batch.to(self.model.device, non_blocking=True)
+        compute.wait_stream(self.copy_stream)
+        batch.record_stream(compute)  # allocated on the copy stream, used on the compute stream
+        features = self.model.run(batch)
+        host = torch.empty(features.shape, dtype=torch.float32, pin_memory=True)
+        host.copy_(features.float(), non_blocking=True)
+        done = torch.cuda.Event()
+        done.record(compute)
+        self.in_flight.append(_InFlight(chunks, host, done))
+        return [self._collect() for _ in range(len(self.in_flight) - 1)]
+
+    def _collect(self) -> BatchOutput:
+        batch = self.in_flight.popleft()
+        batch.done.synchronize()
+        return BatchOutput(batch.chunks, batch.host.numpy())
+
+    def flush(self) -> list[BatchOutput]:
+        return [self._collect() for _ in range(len(self.in_flight))]
+
+
+class DeviceStage:
+    """Batches in, BatchOutputs out, in submission order. Region batches (boxes found on the host, maps pooled on
+    the device) and CPU batches complete in ``submit``; plain CUDA batches overlap (see ``_CudaOverlap``)."""
+
+    def __init__(self, model: Model, boxes: BoxSource | None) -> None:
+        self.model, self.boxes = model, boxes
+        self.overlap = _CudaOverlap(model) if model.device.type == "cuda" and boxes is None else None
+
+    def submit(self, chunks: list[RowChunk], keys: list[str]) -> list[BatchOutput]:
+        """Run one batch (``keys``: each chunk's video key, for its boxes); returns the batches now finished."""
+        if self.overlap is not None:
+            return self.overlap.submit(chunks)
+        pixels = np.concatenate([c.pixels for c in chunks])
+        if self.boxes is None:
+            return [BatchOutput(chunks, self.model(pixels))]
+        found = [self.boxes.boxes(key, c.indices, *c.size, _box_frames(c.pixels, c.centres))
+                 for key, c in zip(keys, chunks)]
+        chunk_boxes, chunk_masks = (list(part) for part in zip(*found))
+        centres = np.concatenate([c.centres for c in chunks])
+        features, regions = self.model.with_regions(pixels, np.concatenate(chunk_boxes), centres)
+        return [BatchOutput(chunks, features, regions, chunk_boxes, chunk_masks)]
+
+    def flush(self) -> list[BatchOutput]:
+        """The batches still on the device."""
+        return self.overlap.flush() if self.overlap is not None else []

@@ -1,0 +1,161 @@
+"""The decode pool on its own and inside the runner: exact rows, bounded chunks, and a killed worker costing one video."""
+import os
+import signal
+import threading
+import time
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from videogen import make_text_file, make_video
+from vidfeat.extract.decode_pool import DecodePool, DecodeSpec, RowChunk, VideoEnd, VideoFailed, death_reason
+from vidfeat.extract.runner import ExtractOptions, VideoJob, extract_videos
+from vidfeat.extract.video import Geometry, Sampling, VideoReader
+from vidfeat.extract.windows import Windowing, frame_rows, window_rows
+from vidfeat.features import open_store
+
+GEOMETRY = Geometry(32, 24)
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory) -> list[Path]:
+    root = tmp_path_factory.mktemp("pool")
+    made = [
+        make_video(root / "a.avi", size=(48, 36), fps=10, seconds=2),
+        make_video(root / "b.mp4", size=(36, 48), fps=12, seconds=1, codec="libx264", rotate=90),
+        make_text_file(root / "broken.mp4"),
+        make_video(root / "c.mkv", size=(40, 30), fps=8, seconds=3, vfr=True),
+    ]
+    return made
+
+
+def _collect(pool: DecodePool, on_chunk=None) -> tuple[dict, dict]:
+    """Each video's chunks and its final message."""
+    chunks: dict[int, list[RowChunk]] = {}
+    ends: dict[int, VideoEnd | VideoFailed] = {}
+    for message in pool.messages():
+        assert message.video not in ends, "no message may follow a video's end"
+        if isinstance(message, RowChunk):
+            chunks.setdefault(message.video, []).append(message)
+            if on_chunk is not None:
+                on_chunk(pool, message)
+        else:
+            ends[message.video] = message
+    return chunks, ends
+
+
+def _direct(path: Path, sampling: Sampling, windowing: Windowing | None) -> list:
+    reader = VideoReader(path, sampling, GEOMETRY)
+    return list(frame_rows(reader) if windowing is None else window_rows(reader, windowing))
+
+
+def _assert_matches_direct(chunks: list[RowChunk], path: Path, sampling: Sampling, windowing: Windowing | None):
+    rows = _direct(path, sampling, windowing)
+    pixels = np.concatenate([c.pixels for c in chunks])
+    np.testing.assert_array_equal(pixels, np.stack([r.pixels for r in rows]))
+    np.testing.assert_array_equal(np.concatenate([c.timestamps for c in chunks]), [r.timestamp for r in rows])
+    np.testing.assert_array_equal(np.concatenate([c.indices for c in chunks]), [r.index for r in rows])
+    np.testing.assert_array_equal(np.concatenate([c.ranges for c in chunks]), [(r.first, r.last) for r in rows])
+    np.testing.assert_array_equal(np.concatenate([c.centres for c in chunks]), [r.centre for r in rows])
+
+
+@pytest.mark.parametrize("windowing", [None, Windowing(4, 3)], ids=["frames", "windows"])
+def test_pool_rows_equal_a_direct_decode_and_bad_files_fail_alone(videos, windowing):
+    sampling = Sampling(fps=6)
+    with DecodePool(videos, DecodeSpec(sampling, GEOMETRY, windowing, chunk_rows=3), workers=2) as pool:
+        chunks, ends = _collect(pool)
+    assert sorted(ends) == [0, 1, 2, 3]
+    assert isinstance(ends[2], VideoFailed) and "not a video" in ends[2].error and 2 not in chunks
+    for video in (0, 1, 3):
+        assert isinstance(ends[video], VideoEnd) and ends[video].partial == ""
+        assert all(len(c) <= 3 for c in chunks[video])
+        _assert_matches_direct(chunks[video], videos[video], sampling, windowing)
+    assert chunks[1][0].size == (36, 48)  # display size, after the rotation
+
+
+def test_a_killed_worker_costs_its_video_only(videos):
+    spec = DecodeSpec(Sampling(), GEOMETRY, None, chunk_rows=2)
+    killed = []
+
+    def kill_holder_of_video_0(pool: DecodePool, chunk: RowChunk) -> None:
+        if chunk.video == 0 and not killed:
+            killed.append(pool.worker_pid(0))
+            os.kill(killed[0], signal.SIGKILL)
+
+    with DecodePool(videos, spec, workers=2) as pool:
+        chunks, ends = _collect(pool, kill_holder_of_video_0)
+        assert pool.restarts == 1
+    assert isinstance(ends[0], VideoFailed) and "killed by SIGKILL" in ends[0].error
+    assert isinstance(ends[2], VideoFailed)
+    for video in (1, 3):
+        assert isinstance(ends[video], VideoEnd)
+        _assert_matches_direct(chunks[video], videos[video], Sampling(), None)
+
+
+def test_death_reasons_name_the_signal_or_status():
+    assert "killed by SIGSEGV" in death_reason(-signal.SIGSEGV)
+    assert "killed by SIGABRT" in death_reason(-signal.SIGABRT)
+    assert "exited with status 3" in death_reason(3)
+
+
+def test_pool_refuses_no_workers(videos):
+    with pytest.raises(ValueError, match="--workers must be >= 1"):
+        DecodePool(videos, DecodeSpec(Sampling(), GEOMETRY, None, 2), workers=0)
+
+
+def _decode_workers() -> list[int]:
+    """This process's spawned decode workers (not multiprocessing's resource tracker)."""
+    children = Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").read_text().split()
+    return [int(pid) for pid in children
+            if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+
+
+def _kill_when_open(target: Path, killed: list, stop: threading.Event) -> None:
+    """SIGKILL the decode worker that has ``target`` open, once it does."""
+    while not stop.is_set() and not killed:
+        for pid in _decode_workers():
+            try:
+                links = [os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir()]
+            except OSError:
+                continue
+            if str(target) in links:
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+                return
+        time.sleep(0.002)
+
+
+def test_extraction_survives_a_killed_decode_worker(tmp_path):
+    """End to end: the worker holding the long video is killed mid-decode; that video is recorded as failed with
+    the signal, and every other video is stored exactly as in a clean run."""
+    short = partial(make_video, size=(48, 36), fps=5, seconds=1)
+    paths = [short(tmp_path / f"v{i}.avi") for i in range(3)]
+    paths.insert(1, make_video(tmp_path / "long.avi", size=(48, 36), fps=10, seconds=20))
+    jobs = [VideoJob(p.stem, p, "x") for p in paths]
+    options = ExtractOptions(device="cpu", batch_size=4, workers=1, progress=False)
+
+    def extract(out: Path):
+        return extract_videos(jobs, out, "efficientnet_lite0", options, {"name": "t"}, ["x"], 0)
+
+    clean = extract(tmp_path / "clean.h5")
+    assert clean.extracted == 4
+    killed: list[int] = []
+    stop = threading.Event()
+    watcher = threading.Thread(target=_kill_when_open, args=(paths[1].resolve(), killed, stop), daemon=True)
+    watcher.start()
+    try:
+        summary = extract(tmp_path / "crashed.h5")
+    finally:
+        stop.set()
+        watcher.join()
+    assert killed, "the watcher never saw the long video open"
+    assert summary.extracted == 3 and [Path(p).name for p, _ in summary.failures] == ["long.avi"]
+    assert "killed by SIGKILL" in summary.failures[0][1]
+    with open_store(tmp_path / "clean.h5") as want, open_store(tmp_path / "crashed.h5") as got:
+        assert got.keys() == ["v0", "v1", "v2"]
+        for key in got.keys():
+            np.testing.assert_array_equal(got.features(key), want.features(key))
+            np.testing.assert_array_equal(got.timestamps(key), want.timestamps(key))
+            np.testing.assert_array_equal(got.frame_indices(key), want.frame_indices(key))
