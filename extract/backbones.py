@@ -115,6 +115,10 @@ class Backbone:
     extractor: FeatureExtractor
     categories: list[str] | None  # ImageNet class names when the default pretrained weights are used
     kind: str = "frame"
+    # The fastest CPU graph for the architecture (see vidfeat.extract.device.GRAPHS): oneDNN's blocked layout
+    # ("frozen_mkldnn") pays for dense convolutions (resnet50 1.13x over "frozen" on 2 cores) and costs depthwise
+    # ones (efficientnet_lite0 0.54x), so only the ResNets use it.
+    cpu_graph: str = "frozen"
 
     def describe(self) -> dict:
         """Provenance record: enough to tell whether two feature sets are comparable."""
@@ -169,7 +173,8 @@ def _resnet(name: str, weights: str | None) -> Backbone:
         default_file=lambda: _torch_hub_file(name, default.url), default_id=str(default),
     )
     body = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3, net.layer4)
-    return _backbone(name, weights, weights_id, body, net.fc, _torchvision_preprocessing(default))
+    backbone = _backbone(name, weights, weights_id, body, net.fc, _torchvision_preprocessing(default))
+    return dataclasses.replace(backbone, cpu_graph="frozen_mkldnn")
 
 
 def _efficientnet(name: str, weights: str | None) -> Backbone:

@@ -292,7 +292,7 @@ class DecodePool:
         self.context = multiprocessing.get_context("spawn")
         self.slot_bytes = spec.slot_bytes()
         count = max(1, min(workers, len(paths)))
-        self.decode_threads = 1
+        self.decode_threads = max(1, (len(os.sched_getaffinity(0)) - 1) // count)  # the model loop keeps a core
         self.handles: list[_Handle] = []
         self.restarts = 0
         try:

@@ -68,7 +68,7 @@ def main() -> None:
 @click.option("--compile", "compile_model", is_flag=True,
               help="torch.compile the backbone (minutes of compiling first; pays off on long GPU runs).")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
-              help="Autocast on CUDA (auto = fp16); CPU runs fp32.")
+              help="Autocast on CUDA (auto = fp16). CPU runs fp32, or bf16 on request where the CPU has it natively.")
 @click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,
               help="Stored feature dtype.")
 @click.option("--allow-failures", is_flag=True, help="Exit 0 even when some videos failed.")

@@ -7,15 +7,16 @@ tensors (no pickle) and runs through the same evaluation and prediction code as 
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from joblib import Parallel, delayed
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import StandardScaler
 
 from vidfeat.temporal.heads import LogRegHead
+
+if TYPE_CHECKING:
+    from sklearn.pipeline import Pipeline
 
 C_GRID = (0.01, 0.1, 1.0, 10.0)
 """Inverse regularisation strengths tried on the validation split when no ``C`` is given."""
@@ -31,6 +32,11 @@ def pool_sequences(sequences: list[np.ndarray]) -> np.ndarray:
 
 
 def _fit(x: np.ndarray, y: np.ndarray, C: float, max_iter: int, seed: int) -> Pipeline:
+    # Imported here: scikit-learn takes ~1 s to import, which every other command (extract above all) would pay.
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
     pipe = Pipeline(
         [("scale", StandardScaler()), ("lr", LogisticRegression(C=C, max_iter=max_iter, random_state=seed))]
     )

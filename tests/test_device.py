@@ -6,8 +6,9 @@ import torch
 from videogen import make_video
 from vidfeat.extract.backbones import create_backbone
 from vidfeat.extract.decode_pool import RowChunk
-from vidfeat.extract.device import DeviceStage, Model, ModelSettings
+from vidfeat.extract.device import DeviceStage, Model, ModelSettings, cpu_has_native_bf16
 from vidfeat.extract.runner import ExtractOptions, VideoJob, extract_videos
+from vidfeat.extract.video import Sampling, VideoReader
 from vidfeat.features import open_store
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -92,3 +93,63 @@ def test_cuda_extraction_matches_cpu(tmp_path, compile_model):
         np.linalg.norm(cpu["features"], axis=1) * np.linalg.norm(gpu["features"], axis=1))
     assert cosine.min() > 0.99, cosine
 
+
+
+def test_cpu_stage_returns_each_batch_at_once_in_order():
+    backbone = create_backbone("efficientnet_lite0", None)
+    model = Model(backbone, torch.device("cpu"), ModelSettings("fp32"))
+    stage = DeviceStage(model, None)
+    batches = [_chunks([3, 1]), _chunks([2], seed=1)]
+    first = stage.submit(batches[0], ["0", "1"])
+    assert [o.chunks for o in first] == [batches[0]]
+    np.testing.assert_array_equal(first[0].features, model(np.concatenate([c.pixels for c in batches[0]])))
+    assert len(stage.submit(batches[1], ["0"])) == 1 and stage.flush() == []
+
+
+def test_runner_features_equal_a_direct_single_process_pass(tmp_path):
+    """The whole runner (decode pool, batching across videos, the frozen CPU graph, fp32 storage) gives what one
+    process decoding each video and running the eager model on it gives: the same rows, timestamps, indices."""
+    videos = [make_video(tmp_path / "a.avi", size=(48, 36), fps=5, seconds=2),
+              make_video(tmp_path / "b.mp4", size=(40, 30), fps=7, seconds=1, codec="libx264")]
+    out = tmp_path / "x.h5"
+    options = ExtractOptions(device="cpu", batch_size=3, workers=2, progress=False, dtype="float32")
+    jobs = [VideoJob(v.stem, v, "x") for v in videos]
+    assert extract_videos(jobs, out, "efficientnet_lite0", options, {"name": "t"}, ["x"], 0).extracted == 2
+    backbone = create_backbone("efficientnet_lite0", None)
+    eager = Model(backbone, torch.device("cpu"), ModelSettings("fp32"))
+    with open_store(out) as store:
+        for video in videos:
+            frames = list(VideoReader(video, Sampling(), backbone.preprocessing.geometry()))
+            np.testing.assert_array_equal(store.timestamps(video.stem), [f.timestamp for f in frames])
+            np.testing.assert_array_equal(store.frame_indices(video.stem), [f.index for f in frames])
+            want = eager(np.stack([f.rgb for f in frames]))
+            np.testing.assert_allclose(store.features(video.stem), want, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("graph", ["frozen", "frozen_mkldnn"])
+def test_cpu_graphs_match_eager_features(graph):
+    """Both frozen CPU graphs (resnets default to the oneDNN layout) on a full and a shorter last batch."""
+    backbone = create_backbone("resnet18", "none")
+    eager = Model(backbone, torch.device("cpu"), ModelSettings("fp32"))
+    frozen = Model(backbone, torch.device("cpu"), ModelSettings("fp32", graph, (4, 224, 224, 3)))
+    for rows in (4, 3):
+        pixels = np.concatenate([c.pixels for c in _chunks([rows], seed=rows)])
+        want = eager(pixels)
+        np.testing.assert_allclose(frozen(pixels), want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+    assert create_backbone("resnet50", "none").cpu_graph == "frozen_mkldnn"
+    assert create_backbone("efficientnet_lite0", None).cpu_graph == "frozen"
+
+
+@pytest.mark.skipif(not cpu_has_native_bf16(), reason="this CPU has no native bfloat16")
+def test_cpu_bf16_is_opt_in_and_close_to_fp32(tmp_path):
+    fp32 = _extract(tmp_path, "fp32", device="cpu")
+    bf16 = _extract(tmp_path, "bf16", device="cpu", precision="bf16")
+    np.testing.assert_array_equal(bf16["timestamps"], fp32["timestamps"])
+    a, b = fp32["features"], bf16["features"]
+    cosine = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    assert cosine.min() > 0.99, cosine
+
+
+def test_fp16_on_cpu_is_refused_with_the_alternatives(tmp_path):
+    with pytest.raises(ValueError, match="fp16 needs a CUDA device; use fp32"):
+        _extract(tmp_path, "fp16", device="cpu", precision="fp16")
