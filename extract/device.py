@@ -12,10 +12,12 @@
 """
 from __future__ import annotations
 
+import re
 import warnings
 from collections import deque
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -41,8 +43,13 @@ def resolve_device(name: str) -> torch.device:
 
 
 def cpu_has_native_bf16() -> bool:
-    """Whether oneDNN runs bfloat16 natively here (AVX512-BF16 or AMX); elsewhere bf16 is emulated and slow."""
-    return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    """Whether the CPU has bfloat16 instructions oneDNN uses (AVX512-BF16 or AMX); elsewhere bf16 is emulated and
+    slow. Read from the kernel's CPU flags (Linux); other systems are taken not to have them."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return torch.backends.mkldnn.is_available() and bool(re.search(r"\b(avx512_bf16|amx_bf16)\b", flags))
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
