@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from vidfeat.extract.backbones import Backbone, create_backbone
-from vidfeat.extract.decode_pool import DecodePool, DecodeSpec, RowChunk
+from vidfeat.extract.decode_pool import MAX_CHUNK_ROWS, DecodePool, DecodeSpec, RowChunk
 from vidfeat.extract.device import Model, ModelSettings, default_batch_size
 from vidfeat.extract.ffmpeg import ffmpeg_binary
 from vidfeat.extract.video import Sampling, probe_video
@@ -187,12 +187,13 @@ def cpu_rows(table: Table, backbone: Backbone, workloads: dict[str, list[Path]],
     device = torch.device("cpu")
     batch = args.batch_size or default_batch_size(device)
     geometry = backbone.preprocessing.geometry()
-    crop, spec = geometry.crop, DecodeSpec(Sampling(), geometry, None, batch)
+    crop, spec = geometry.crop, DecodeSpec(Sampling(), geometry, None, min(batch, MAX_CHUNK_ROWS))
     eager = model_fps(Model(backbone, device, ModelSettings("fp32")), batch, crop, args.frames)
-    frozen = model_fps(Model(backbone, device, ModelSettings("fp32", "frozen", (batch, crop, crop, 3))), batch,
-                       crop, args.frames)
+    graph = ModelSettings("fp32", backbone.cpu_graph, (batch, crop, crop, 3))
+    frozen = model_fps(Model(backbone, device, graph), batch, crop, args.frames)
     table.add("-", f"model only, eager, batch {batch}", eager)
-    table.add("-", f"model only, frozen graph (default), batch {batch}", frozen, f"{frozen / eager:.2f}x eager")
+    table.add("-", f"model only, {backbone.cpu_graph} graph (default), batch {batch}", frozen,
+              f"{frozen / eager:.2f}x eager")
     cores = len(os.sched_getaffinity(0))
     for name, videos in workloads.items():
         for workers in range(1, cores + 1):

@@ -31,6 +31,8 @@ from vidfeat.extract.video import Geometry, Sampling, VideoError, VideoReader
 from vidfeat.extract.windows import Row, Windowing, frame_rows, window_rows
 
 SLOTS_PER_WORKER = 8  # per worker: enough to decode ahead while the model holds the cores
+MAX_CHUNK_ROWS = 32  # rows per slot at most: GPU batches of 128+ are filled from several chunks
+SHARED_MEMORY = Path("/dev/shm")  # where POSIX shared memory lives on Linux (containers often make it small)
 # Uncropped frames (region stores) are sized for display aspect ratios up to this; wider videos get fewer rows
 # per slot, and only a single row larger than a whole slot fails its video.
 _MAX_ASPECT = 4
@@ -261,6 +263,24 @@ def death_reason(exitcode: int | None) -> str:
             "out-of-memory killer or a kill); the other videos were not affected - rerun to retry it")
 
 
+class DecodePoolError(RuntimeError):
+    """The pool itself cannot work (no room for its slots, or its workers cannot start); no video is to blame."""
+
+
+def _check_shared_memory(need: int, workers: int) -> None:
+    """Refuse up front when the slots cannot fit: writing past a full /dev/shm kills the worker with SIGBUS."""
+    try:
+        stat = os.statvfs(SHARED_MEMORY)
+    except OSError:
+        return  # no /dev/shm here; creating the blocks reports any problem itself
+    free = stat.f_bavail * stat.f_frsize
+    if need > free:
+        raise DecodePoolError(
+            f"the decode pool needs {need / 2**20:.0f} MiB of shared memory for {workers} worker(s), but "
+            f"{SHARED_MEMORY} has {free / 2**20:.0f} MiB free; give it more (docker run --shm-size=2g, or remount "
+            "the tmpfs larger), or use fewer --workers or a smaller --batch-size")
+
+
 @dataclass
 class _Handle:
     """The parent's view of one worker slot position: its process, pipe, shared block and assigned video."""
@@ -271,10 +291,6 @@ class _Handle:
     conn: connection.Connection | None = None
     video: int | None = None
     ready: bool = False
-
-
-class DecodePoolError(RuntimeError):
-    """The pool itself cannot work (its workers cannot start); no single video is to blame."""
 
 
 class DecodePool:
@@ -295,6 +311,7 @@ class DecodePool:
         self.decode_threads = max(1, (len(os.sched_getaffinity(0)) - 1) // count)  # the model loop keeps a core
         self.handles: list[_Handle] = []
         self.restarts = 0
+        _check_shared_memory(count * SLOTS_PER_WORKER * self.slot_bytes, count)
         try:
             for index in range(count):
                 block = shared_memory.SharedMemory(create=True, size=SLOTS_PER_WORKER * self.slot_bytes)

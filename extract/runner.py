@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from vidfeat.extract.backbones import Backbone, create_backbone
-from vidfeat.extract.decode_pool import DecodePool, DecodeSpec, PoolMessage, RowChunk, VideoEnd, VideoFailed
+from vidfeat.extract.decode_pool import MAX_CHUNK_ROWS, DecodePool, DecodeSpec, PoolMessage, RowChunk, VideoEnd, VideoFailed
 from vidfeat.extract.device import (
     BatchOutput, DeviceStage, Model, ModelSettings, autocast_dtype, default_batch_size, resolve_device,
 )
@@ -457,7 +457,7 @@ def _run(
     summary: ExtractSummary,
 ) -> None:
     """decode pool -> batcher -> device stage -> assembler (which stores and commits), until every video is done."""
-    spec = DecodeSpec(options.sampling, plan.geometry, plan.windowing, chunk_rows=batch_size)
+    spec = DecodeSpec(options.sampling, plan.geometry, plan.windowing, chunk_rows=min(batch_size, MAX_CHUNK_ROWS))
     pool = DecodePool([job.path for job in jobs], spec, options.workers)  # first: workers decode while the model builds
     try:
         model = Model(backbone, device, model_settings(backbone, plan, device, batch_size, options))

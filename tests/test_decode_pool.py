@@ -1,6 +1,8 @@
 """The decode pool on its own and inside the runner: exact rows, bounded chunks, and a killed worker costing one video."""
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from functools import partial
@@ -10,7 +12,10 @@ import numpy as np
 import pytest
 
 from videogen import make_text_file, make_video
-from vidfeat.extract.decode_pool import DecodePool, DecodeSpec, RowChunk, VideoEnd, VideoFailed, death_reason
+from vidfeat.extract import decode_pool
+from vidfeat.extract.decode_pool import (
+    DecodePool, DecodePoolError, DecodeSpec, RowChunk, VideoEnd, VideoFailed, death_reason,
+)
 from vidfeat.extract.runner import ExtractOptions, VideoJob, extract_videos
 from vidfeat.extract.video import Geometry, Sampling, VideoReader
 from vidfeat.extract.windows import Windowing, frame_rows, window_rows
@@ -159,3 +164,37 @@ def test_extraction_survives_a_killed_decode_worker(tmp_path):
             np.testing.assert_array_equal(got.features(key), want.features(key))
             np.testing.assert_array_equal(got.timestamps(key), want.timestamps(key))
             np.testing.assert_array_equal(got.frame_indices(key), want.frame_indices(key))
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path):
+    mount = tmp_path / "shm"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_too_little_shared_memory_is_refused_up_front(videos, tiny_tmpfs, monkeypatch):
+    """A full /dev/shm would kill workers with SIGBUS mid-video; the pool says so before starting any."""
+    monkeypatch.setattr(decode_pool, "SHARED_MEMORY", tiny_tmpfs)
+    spec = DecodeSpec(Sampling(), Geometry(256, 224), None, chunk_rows=8)  # 8 slots x 1.2 MB > 1 MiB
+    with pytest.raises(DecodePoolError, match=r"needs \d+ MiB of shared memory .* has 1 MiB free; .*--shm-size"):
+        DecodePool(videos, spec, workers=1)
+
+
+def test_a_script_without_a_main_guard_gets_the_advice(videos, tmp_path):
+    """Spawned workers re-import the main module; unguarded, each would start a pool of its own and die."""
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "from vidfeat.extract.decode_pool import DecodePool, DecodeSpec\n"
+        "from vidfeat.extract.video import Geometry, Sampling\n"
+        f"pool = DecodePool([{str(videos[0])!r}], DecodeSpec(Sampling(), Geometry(32, 24), None, 2), workers=1)\n"
+        "list(pool.messages())\n"
+    )
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "DecodePoolError: a decode worker process could not start" in result.stderr
+    assert "if __name__ == '__main__':" in result.stderr
