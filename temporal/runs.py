@@ -23,11 +23,10 @@ from dataclasses import asdict
 from datetime import datetime, timezone
 from importlib.metadata import version
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
-from matplotlib.figure import Figure
 from torch import nn
 
 from vidfeat.features import FeatureStore, ProvenanceMismatch, SequenceSource, StorePath, open_store, select_keys
@@ -52,6 +51,9 @@ from vidfeat.temporal.training import (
     predict_proba,
     train,
 )
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 CONFIG, CHECKPOINT, LOG, CURVES, CONFUSION, METRICS, SUMMARY = (
     "config.json", "model.pt", "train_log.csv", "curves.png", "confusion.png", "metrics.json", "summary.json",
@@ -98,8 +100,15 @@ def _software() -> dict:
     return {name: version(name) for name in ("vidfeat", "torch", "numpy", "scikit-learn")}
 
 
+def _figure(size: tuple[float, float]) -> Figure:
+    """A figure without pyplot; matplotlib is imported here because importing it costs every command ~0.6 s."""
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=size, layout="constrained")
+
+
 def _plot_curves(history: list[dict], path: Path, head: str) -> None:
-    fig = Figure(figsize=(9, 3.5), layout="constrained")
+    fig = _figure((9, 3.5))
     if head == "logreg":
         ax = fig.subplots()
         ax.semilogx([r["C"] for r in history], [r["val_acc"] for r in history], "o-")
@@ -118,7 +127,7 @@ def _plot_curves(history: list[dict], path: Path, head: str) -> None:
 def _plot_confusion(confusion: list[list[int]], classes: list[str], path: Path, title: str) -> None:
     n = len(classes)
     size = min(4 + 0.25 * n, 20)
-    fig = Figure(figsize=(size, size), layout="constrained")
+    fig = _figure((size, size))
     ax = fig.subplots()
     matrix = np.asarray(confusion, dtype=float)
     fraction = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
