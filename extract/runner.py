@@ -23,7 +23,9 @@ import torch
 from tqdm import tqdm
 
 from vidfeat.extract.backbones import Backbone, create_backbone
-from vidfeat.extract.decode_pool import MAX_CHUNK_ROWS, DecodePool, DecodeSpec, PoolMessage, RowChunk, VideoEnd, VideoFailed
+from vidfeat.extract.decode_pool import (
+    MAX_CHUNK_ROWS, DecodePool, DecodeSpec, PoolMessage, RowChunk, VideoEnd, VideoFailed,
+)
 from vidfeat.extract.device import (
     BatchOutput, DeviceStage, Model, ModelSettings, autocast_dtype, default_batch_size, resolve_device,
 )

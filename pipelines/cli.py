@@ -66,7 +66,7 @@ def main() -> None:
 @click.option("--eager", is_flag=True,
               help="CPU: run the model op by op instead of as a frozen, fused graph (the faster default).")
 @click.option("--compile", "compile_model", is_flag=True,
-              help="torch.compile the backbone (minutes of compiling first; pays off on long GPU runs).")
+              help="torch.compile the backbone (tens of seconds of compiling first; pays off on long runs).")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
               help="Autocast on CUDA (auto = fp16). CPU runs fp32, or bf16 on request where the CPU has it natively.")
 @click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,
@@ -77,7 +77,9 @@ def main() -> None:
 @click.option("--seed", default=0, show_default=True, help="Seed of the `folder` adapter's split.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 def extract(inputs, out, dataset, data_root, list_file, backbone, weights, fps, every_n, clip_len, clip_stride,
-            rois, max_rois, roi_size, roi_score_threshold, roi_classes, detector_weights, device, batch_size, workers, commit_every, eager, compile_model, precision, dtype, allow_failures, skip_failed, strict, seed, no_progress) -> None:
+            rois, max_rois, roi_size, roi_score_threshold, roi_classes, detector_weights, device, batch_size, workers,
+            commit_every, eager, compile_model, precision, dtype, allow_failures, skip_failed, strict, seed,
+            no_progress) -> None:
     """Extract features of INPUT videos/directories, or of --dataset NAME --data-root DIR, into --out."""
     try:
         options = ExtractOptions(

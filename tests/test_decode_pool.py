@@ -1,4 +1,5 @@
-"""The decode pool on its own and inside the runner: exact rows, bounded chunks, and a killed worker costing one video."""
+"""The decode pool alone and in the runner: exact rows, bounded chunks, a killed worker costing one video, and
+the pool's own errors (no room in shared memory, workers that cannot start)."""
 import os
 import signal
 import subprocess
