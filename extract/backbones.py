@@ -345,6 +345,11 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def detector_categories(name: str) -> list[str]:
+    """A torchvision detector's class names, indexed by its label ids (no weights are loaded)."""
+    return list(torchvision.models.get_model_weights(name).DEFAULT.meta["categories"])
+
+
 def load_detector(name: str, weights: str | None = None) -> tuple[nn.Module, str, list[str]]:
     """A torchvision detector for RoI boxes, with the same weight rules as backbones (cache, file or none)."""
     default = torchvision.models.get_model_weights(name).DEFAULT
@@ -352,4 +357,4 @@ def load_detector(name: str, weights: str | None = None) -> tuple[nn.Module, str
         name, lambda: torchvision.models.get_model(name, weights=None, weights_backbone=None), weights,
         default_file=lambda: _torch_hub_file(name, default.url), default_id=str(default),
     )
-    return net, weights_id, list(default.meta["categories"])
+    return net, weights_id, detector_categories(name)

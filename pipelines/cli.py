@@ -221,11 +221,14 @@ def evaluate(run_dir, features_path, device) -> None:
 @click.argument("videos", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--top-k", default=5, show_default=True)
 @click.option("--weights", help="The weights file the run's features were extracted with (for sha256 weights).")
+@click.option("--detector-weights", help="The detector weights file the run's regions were found with (for sha256 "
+                                        "detector weights).")
 @click.option("--device", default="auto", show_default=True)
-def predict(run_dir, videos, top_k, weights, device) -> None:
+def predict(run_dir, videos, top_k, weights, detector_weights, device) -> None:
     """Classify new videos: extract them exactly as the run's features were made, then apply the head."""
     try:
-        predictions = stages.predict(run_dir, videos, top_k=top_k, weights=weights, device=device)
+        predictions = stages.predict(run_dir, videos, top_k=top_k, weights=weights, device=device,
+                                     detector_weights=detector_weights)
     except USER_ERRORS as exc:
         _fail(exc)
     failed = 0

@@ -11,13 +11,13 @@ from typing import Sequence
 
 import numpy as np
 
-from vidfeat.extract.backbones import Backbone, create_backbone
+from vidfeat.extract.backbones import Backbone, create_backbone, detector_categories
 from vidfeat.extract.runner import ExtractOptions, ExtractSummary, VideoJob, extract_videos
 from vidfeat.extract.video import Sampling
 from vidfeat.features.store import FeatureStore, ProvenanceMismatch, open_store, parts_dir
 from vidfeat.pipelines import relational, sample
 from vidfeat.pipelines.datasets import Dataset, dataset_from_inputs, load_dataset
-from vidfeat.temporal.runs import load_run, predict_sequences
+from vidfeat.temporal.runs import check_provenance, load_run, predict_sequences
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
 # Datasets generated on first use, and where they go when no --data-root is given.
@@ -152,7 +152,7 @@ def backbone_for(provenance: dict, weights: str | None = None) -> Backbone:
     return backbone
 
 
-def _region_options(provenance: dict) -> dict:
+def _region_options(provenance: dict, detector_weights: str | None) -> dict:
     """Extraction options that reproduce a store's regions for new videos. Box files only cover the videos
     they were written for, so only grid and detector sources can be reproduced."""
     rois = provenance.get("rois")
@@ -164,20 +164,38 @@ def _region_options(provenance: dict) -> dict:
             f"this run's regions came from a box file ({source}), which has no boxes for new videos; "
             "train on a store extracted with --rois grid:RxC or detector:NAME to predict on new videos"
         )
-    detector_weights = {"none": "none"}.get(rois.get("weights"))
-    return {"rois": source, "max_rois": None if source.startswith("grid:") else rois["max_rois"],
-            "roi_size": provenance["preprocessing"]["resize"], "detector_weights": detector_weights,
-            "roi_score_threshold": rois.get("score_threshold", 0.5)}
+    options = {"rois": source, "max_rois": None if source.startswith("grid:") else rois["max_rois"],
+               "roi_size": provenance["preprocessing"]["resize"]}
+    if source.startswith("detector:"):
+        categories = detector_categories(source.removeprefix("detector:"))
+        options.update(roi_score_threshold=rois["score_threshold"],
+                       roi_classes=tuple(categories[i] for i in rois.get("classes") or ()),
+                       detector_weights=_detector_weights(rois["weights"], detector_weights))
+    return options
 
 
-def reproducing_options(provenance: dict, device: str = "auto") -> ExtractOptions:
+def _detector_weights(recorded: str, given: str | None) -> str | None:
+    """The detector weights to find new videos' boxes with: the user's file, or what the store recorded."""
+    if given is not None:
+        return given  # predict checks the boxes' provenance against the run's after extracting
+    if recorded.startswith("sha256:"):
+        raise ValueError(
+            f"this run's regions were found with a detector weights file ({recorded}); pass that file with "
+            "--detector-weights FILE so that new videos get boxes from the same detector"
+        )
+    return "none" if recorded == "none" else None  # None: the default weights, as recorded
+
+
+def reproducing_options(
+    provenance: dict, device: str = "auto", detector_weights: str | None = None
+) -> ExtractOptions:
     """Extraction options that give new videos the rows a store's videos have: its sampling, dtype, clip
     windows and regions (the backbone and preprocessing are checked by `backbone_for`)."""
     window = provenance.get("window") or {}
     return ExtractOptions(
         sampling=Sampling.from_description(provenance["sampling"]), device=device, dtype=provenance["dtype"],
         clip_len=window.get("clip_len"), clip_stride=window.get("stride"), progress=False,
-        **_region_options(provenance),
+        **_region_options(provenance, detector_weights),
     )
 
 
@@ -194,18 +212,22 @@ def predict(
     top_k: int = 5,
     weights: str | None = None,
     device: str = "auto",
+    detector_weights: str | None = None,
 ) -> list[Prediction]:
-    """Whole pipeline on new videos: extraction with the run's recorded backbone, preprocessing and sampling
-    (through the normal runner, so batching and failure handling are the same), then the trained head."""
+    """Whole pipeline on new videos: extraction with the run's recorded backbone, preprocessing, sampling and
+    regions (through the normal runner, so batching and failure handling are the same), a check that the new
+    features mean what the run's did, then the trained head."""
     model, config = load_run(run_dir)
     provenance = config["features"]["provenance"]
     backbone = backbone_for(provenance, weights)
-    options = reproducing_options(provenance, device)
+    options = reproducing_options(provenance, device, detector_weights)
     jobs = [VideoJob(f"video{i:06d}", Path(v)) for i, v in enumerate(videos)]
     with tempfile.TemporaryDirectory(prefix="vidfeat-predict-") as tmp:
         store_path = Path(tmp) / "features.h5"
         extract_videos(jobs, store_path, backbone, options, {"name": "predict"}, [], 0)
         with open_store(store_path) as store:
+            # New videos have no labels, so the run's classes stand in for the store's (which has none).
+            check_provenance(config, store.attrs, config["classes"], "the store extracted for prediction")
             sequences = {job.key: store.features(job.key) for job in jobs if job.key in store}
             regions = [store.rois(key) for key in sequences] if options.rois is not None else None
             errors = {key: error for key, _, error in store.failure_records()}

@@ -179,3 +179,59 @@ def test_predict_with_a_region_run_extracts_regions_the_same_way(tmp_path, backb
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert lines[0].endswith("3.mp4") and {lines[1].split()[-1], lines[2].split()[-1]} == {"plain", "counter"}
+
+
+DETECTOR = "fasterrcnn_mobilenet_v3_large_fpn"
+
+
+def _detector_provenance(weights: str) -> dict:
+    return {"sampling": {"mode": "all"}, "dtype": "float16", "window": None, "preprocessing": {"resize": 256},
+            "rois": {"source": f"detector:{DETECTOR}", "weights": weights, "max_rois": 4, "score_threshold": 0.3,
+                     "classes": [1, 3]}}
+
+
+def test_predict_reproduces_a_detector_store_s_classes_threshold_and_weights():
+    from vidfeat.pipelines.stages import reproducing_options
+
+    with pytest.raises(ValueError, match=r"detector weights file \(sha256:ab\); pass that file with --detector-weights"):
+        reproducing_options(_detector_provenance("sha256:ab"))
+    given = reproducing_options(_detector_provenance("sha256:ab"), detector_weights="mine.pt")
+    assert (given.rois, given.max_rois, given.roi_score_threshold) == (f"detector:{DETECTOR}", 4, 0.3)
+    assert given.roi_classes == ("person", "car") and given.detector_weights == "mine.pt"
+    assert reproducing_options(_detector_provenance("none")).detector_weights == "none"
+    assert reproducing_options(_detector_provenance("FasterRCNN_Weights.COCO_V1")).detector_weights is None
+
+
+def test_predict_refuses_boxes_from_another_detector(tmp_path):
+    """A run trained on one detector's boxes, asked to predict with other detector weights: refused, naming
+    the regions' provenance, instead of classifying on different boxes."""
+    import csv
+
+    from vidfeat.extract.backbones import load_detector
+
+    rows = []
+    for label, pattern in (("plain", "testsrc"), ("counter", "counter")):
+        (tmp_path / label).mkdir()
+        for i in range(2):
+            make_video(tmp_path / label / f"{i}.mp4", size=(48, 48), fps=4, seconds=1, pattern=pattern)
+            rows.append([f"{label}/{i}.mp4", label, "train" if i == 0 else "test"])
+    with open(tmp_path / "list.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["path", "label", "split"], *rows])
+    store, run = tmp_path / "d.h5", tmp_path / "run"
+    extracted = run_cli("extract", "--dataset", "list", "--list", tmp_path / "list.csv", "--out", store, "--fps", "2",
+                        "--rois", f"detector:{DETECTOR}", "--detector-weights", "none", "--roi-class", "person",
+                        "--max-rois", "2", "--roi-size", "64")
+    assert extracted.exit_code == 0, extracted.output
+    assert run_cli("train-temporal", "--head", "gcn", "--features", store, "--out", run, "--epochs", "1",
+                   "-o", "hidden=16").exit_code == 0
+    video = str(tmp_path / "plain" / "1.mp4")
+    same = CliRunner().invoke(main, ["predict", str(run), video])
+    assert same.exit_code == 0, same.output
+    net = load_detector(DETECTOR, "none")[0]
+    with torch.no_grad():
+        next(net.parameters()).add_(1.0)
+    torch.save(net.state_dict(), tmp_path / "other.pt")
+    other = CliRunner().invoke(main, ["predict", str(run), video, "--detector-weights", str(tmp_path / "other.pt")])
+    assert other.exit_code == 1
+    assert "the store extracted for prediction does not hold the features this run was trained on" in other.output
+    assert "rois:" in other.output and "sha256:" in other.output
