@@ -20,7 +20,7 @@ RUN := $(RUNS_DIR)/$(basename $(notdir $(STORE)))_$(HEAD)$(if $(filter-out 1,$(F
 RUN_RESULT := $(RUN)/$(if $(filter all,$(FOLD)),summary.json,metrics.json)
 DEMO_HEADS := mean logreg lstm tcn transformer
 
-.PHONY: setup test extract train demo demo-relational bench bench-train
+.PHONY: setup test extract train demo demo-relational bench cuda-check bench-train
 
 setup: $(STAMP)
 
@@ -78,9 +78,15 @@ demo: $(STAMP)
 	$(PY) -m vidfeat.pipelines.demo $(foreach head,$(DEMO_HEADS),$(RUNS_DIR)/$(basename $(notdir $(STORE)))_$(head))
 	$(MAKE) --no-print-directory demo-relational
 
+BENCH_BACKBONES ?= efficientnet_lite0 resnet50
+
 bench: $(STAMP)
-	$(PY) -m vidfeat.extract.bench
-	$(PY) -m vidfeat.extract.bench --backbone resnet50
+	for backbone in $(BENCH_BACKBONES); do $(PY) -m vidfeat.extract.bench --backbone $$backbone || exit 1; done
+
+# One prepared run for a lent GPU node: the CUDA tests (they skip without CUDA), then the bench with its GPU rows.
+cuda-check: $(STAMP)
+	$(PY) -m pytest -q tests/test_device.py tests/test_decode_pool.py
+	$(MAKE) --no-print-directory bench BENCH_BACKBONES=resnet50
 
 bench-train: $(STAMP)
 	OMP_WAIT_POLICY=PASSIVE $(PY) -m vidfeat.temporal.bench
