@@ -173,8 +173,7 @@ def _resnet(name: str, weights: str | None) -> Backbone:
         default_file=lambda: _torch_hub_file(name, default.url), default_id=str(default),
     )
     body = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3, net.layer4)
-    backbone = _backbone(name, weights, weights_id, body, net.fc, _torchvision_preprocessing(default))
-    return dataclasses.replace(backbone, cpu_graph="frozen_mkldnn")
+    return _backbone(name, weights, weights_id, body, net.fc, _torchvision_preprocessing(default), "frozen_mkldnn")
 
 
 def _efficientnet(name: str, weights: str | None) -> Backbone:
@@ -206,7 +205,8 @@ _BUILDERS: dict[str, Callable[[str, str | None], Backbone]] = {
 
 
 def _backbone(
-    name: str, weights: str | None, weights_id: str, body: nn.Module, classifier: nn.Linear, pre: Preprocessing
+    name: str, weights: str | None, weights_id: str, body: nn.Module, classifier: nn.Linear, pre: Preprocessing,
+    cpu_graph: str = "frozen",
 ) -> Backbone:
     return Backbone(
         name=name,
@@ -214,6 +214,7 @@ def _backbone(
         preprocessing=pre,
         extractor=FeatureExtractor(body, classifier, pre),
         categories=list(_IMAGENET_CATEGORIES) if weights is None else None,
+        cpu_graph=cpu_graph,
     )
 
 
