@@ -296,19 +296,21 @@ class _Assembler:
         self.videos[chunk.video].queued += len(chunk)
 
     def add(self, output: BatchOutput) -> None:
-        offset = 0
+        starts = np.cumsum([0] + [len(c) for c in output.chunks])
         for i, chunk in enumerate(output.chunks):
-            video, n = self.videos[chunk.video], len(chunk)
-            video.features.append(output.features[offset:offset + n].astype(self.options.dtype))
+            video = self.videos.get(chunk.video)
+            if video is None:  # it failed while this batch was on the device (CUDA returns batches one late)
+                continue
+            rows = slice(starts[i], starts[i + 1])
+            video.features.append(output.features[rows].astype(self.options.dtype))
             video.timestamps.append(chunk.timestamps)
             video.indices.append(chunk.indices)
             video.ranges.append(chunk.ranges)
             if output.regions is not None:
-                regions = output.regions[offset:offset + n].astype(self.options.dtype)
+                regions = output.regions[rows].astype(self.options.dtype)
                 video.regions.append((regions, output.boxes[i], output.masks[i]))
-            video.done += n
-            offset += n
-        self.summary.rows += offset
+            video.done += len(chunk)
+            self.summary.rows += len(chunk)
         rate = self.summary.rows / (time.perf_counter() - self.start)
         self.bar.set_postfix_str(f"{rate:.1f} {self.summary.unit}/s", refresh=False)
         self.finish_ready()

@@ -251,6 +251,38 @@ def test_batcher_fills_batches_across_videos_and_breaks_where_the_shape_changes(
     assert batcher.rows == 1 and [(c.video, len(c)) for c in batcher.take(8)] == [(3, 1)] and batcher.rows == 0
 
 
+def test_a_batch_returning_after_its_video_failed_is_dropped(tmp_path):
+    """On CUDA a batch comes back one submit late; a video that failed meanwhile (its worker died) stays failed,
+    and the other video in that batch is stored whole."""
+    from vidfeat.extract.decode_pool import VideoEnd, VideoFailed
+    from vidfeat.extract.device import BatchOutput
+    from vidfeat.extract.runner import ExtractOptions, ExtractSummary, VideoJob, _Assembler
+    from vidfeat.features.store import StoreWriter
+
+    videos = [tmp_path / "a.avi", tmp_path / "b.avi"]
+    for video in videos:
+        video.write_bytes(b"x")
+    out = tmp_path / "s.h5"
+    summary = ExtractSummary(out=out)
+    provenance = {"backbone": "t", "weights": "none", "feature_dim": 2, "preprocessing": {}, "sampling": {},
+                  "classes": ["x"]}
+    with StoreWriter(out, provenance) as writer:
+        assembler = _Assembler([VideoJob(v.stem, v, "x") for v in videos], writer, summary,
+                               ExtractOptions(progress=False), windows=False)
+        in_flight = [_chunk(0, 2), _chunk(1, 3)]
+        for chunk in in_flight:
+            assembler.queued(chunk)
+        assembler.end(VideoEnd(1, 3, 3, ""))
+        assembler.failed(VideoFailed(0, "the decode worker was killed by SIGKILL"))
+        assembler.add(BatchOutput(in_flight, np.arange(10, dtype=np.float32).reshape(5, 2)))
+        assembler.close()
+    assert summary.failures == [(str(videos[0]), "the decode worker was killed by SIGKILL")]
+    assert summary.extracted == 1 and summary.rows == 3
+    with open_store(out) as store:
+        assert store.keys() == ["b"]
+        np.testing.assert_array_equal(store.features("b"), [[4, 5], [6, 7], [8, 9]])
+
+
 def test_frozen_cpu_graph_matches_eager_features(many_videos, tmp_path):
     """The default CPU path runs a frozen graph; --eager runs the module itself. Same rows, near-same features."""
     out = tmp_path / "eager.h5"
