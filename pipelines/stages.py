@@ -226,8 +226,7 @@ def predict(
         store_path = Path(tmp) / "features.h5"
         extract_videos(jobs, store_path, backbone, options, {"name": "predict"}, [], 0)
         with open_store(store_path) as store:
-            # New videos have no labels, so the run's classes stand in for the store's (which has none).
-            check_provenance(config, store.attrs, config["classes"], "the store extracted for prediction")
+            check_provenance(config, store.attrs, None, "the store extracted for prediction")
             sequences = {job.key: store.features(job.key) for job in jobs if job.key in store}
             regions = [store.rois(key) for key in sequences] if options.rois is not None else None
             errors = {key: error for key, _, error in store.failure_records()}

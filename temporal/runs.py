@@ -351,15 +351,16 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[n
     return model.to(device).eval(), config
 
 
-def check_provenance(config: dict, provenance: dict, classes: list[str], store_label: str) -> None:
-    """Refuse features that mean something else than what the run was trained on, naming each differing field."""
+def check_provenance(config: dict, provenance: dict, classes: list[str] | None, store_label: str) -> None:
+    """Refuse features that mean something else than what the run was trained on, naming each differing field.
+    ``classes``: the store's class list, or None for a store of unlabelled videos (predict's)."""
     trained = config["features"]["provenance"]
     diffs = [
         f"  {name}: run {json.dumps(trained.get(name))} vs store {json.dumps(provenance.get(name))}"
         for name in REPRESENTATION_FIELDS
         if trained.get(name) != provenance.get(name)
     ]
-    if classes != config["classes"]:
+    if classes is not None and classes != config["classes"]:
         diffs.append(
             f"  classes: run has {len(config['classes'])} ({config['classes'][:5]}...) "
             f"vs store {len(classes)} ({classes[:5]}...)"
