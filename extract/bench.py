@@ -111,8 +111,8 @@ def decode_fps(videos: list[Path], spec: DecodeSpec, workers: int, min_frames: i
     frames_per_pass = sum(probe_video(video).expected_frames or 1 for video in videos)
     passes = max(1, -(-min_frames // frames_per_pass))
     start, rows = None, 0
-    with DecodePool(videos * passes, spec, workers) as pool:
-        for message in pool.messages():
+    with DecodePool(spec, workers) as pool:
+        for message in pool.messages(videos * passes):
             if isinstance(message, RowChunk):
                 if start is None:
                     start = time.perf_counter()

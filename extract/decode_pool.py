@@ -20,7 +20,7 @@ import multiprocessing
 import os
 import signal
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from multiprocessing import connection, shared_memory
 from pathlib import Path
@@ -294,20 +294,20 @@ class _Handle:
 
 
 class DecodePool:
-    """Decodes ``paths`` (video i is ``paths[i]``) in ``workers`` spawned processes; iterate ``messages()``.
+    """``workers`` spawned decode processes, started once and reused: each ``messages(paths)`` call decodes one
+    list of videos (video i is ``paths[i]``), so a long-lived caller (a Dask worker) pays the start-up once.
 
     Every video ends in exactly one VideoEnd or VideoFailed, after all of its RowChunks.
     """
 
-    def __init__(self, paths: list[str | Path], spec: DecodeSpec, workers: int | None = None) -> None:
-        workers = default_workers() if workers is None else workers
-        if workers < 1:
-            raise ValueError(f"--workers must be >= 1, got {workers}")
+    def __init__(self, spec: DecodeSpec, workers: int | None = None) -> None:
+        count = default_workers() if workers is None else workers
+        if count < 1:
+            raise ValueError(f"--workers must be >= 1, got {count}")
         self.spec = spec
-        self.todo: deque[DecodeTask] = deque(DecodeTask(i, str(p)) for i, p in enumerate(paths))
+        self.todo: deque[DecodeTask] = deque()
         self.context = multiprocessing.get_context("spawn")
         self.slot_bytes = spec.slot_bytes()
-        count = max(1, min(workers, len(paths)))
         self.decode_threads = max(1, (len(os.sched_getaffinity(0)) - 1) // count)  # the model loop keeps a core
         self.handles: list[_Handle] = []
         self.restarts = 0
@@ -343,7 +343,11 @@ class DecodePool:
             except (BrokenPipeError, ConnectionResetError):
                 pass  # it died; the next read sees the end of its pipe and fails this video
 
-    def messages(self) -> Iterator[PoolMessage]:
+    def messages(self, paths: Sequence[str | Path]) -> Iterator[PoolMessage]:
+        """Decode ``paths``; the messages of all of them, until each has ended (the next call may then follow)."""
+        if self.todo or any(h.video is not None for h in self.handles):
+            raise RuntimeError("DecodePool.messages: the previous list of videos has not been read to its end")
+        self.todo.extend(DecodeTask(i, str(p)) for i, p in enumerate(paths))
         for handle in self.handles:
             self._assign(handle)
         while True:

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from vidfeat.extract.backbones import Backbone, create_backbone
 from vidfeat.extract.decode_pool import (
-    MAX_CHUNK_ROWS, DecodePool, DecodeSpec, PoolMessage, RowChunk, VideoEnd, VideoFailed,
+    MAX_CHUNK_ROWS, DecodePool, DecodeSpec, PoolMessage, RowChunk, VideoEnd, VideoFailed, default_workers,
 )
 from vidfeat.extract.device import (
     BatchOutput, DeviceStage, Model, ModelSettings, autocast_dtype, default_batch_size, resolve_device,
@@ -32,7 +32,7 @@ from vidfeat.extract.device import (
 from vidfeat.extract.rois import ROI_OUTPUT_SIZE, BoxSource, parse_roi_source
 from vidfeat.extract.video import Geometry, Sampling, backend_versions
 from vidfeat.extract.windows import Windowing
-from vidfeat.features.store import StoreWriter, VideoRecord
+from vidfeat.features.store import StoredVideos, StoreWriter, VideoRecord
 
 @dataclass(frozen=True)
 class VideoJob:
@@ -175,7 +175,7 @@ class _Video:
 
 
 @dataclass(frozen=True)
-class _Plan:
+class RowPlan:
     """What the model sees per row: input geometry, clip windows (or single frames), region boxes (or none)."""
 
     geometry: Geometry
@@ -190,17 +190,29 @@ def _concat_regions(regions: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) ->
     return {"roi_features": np.concatenate(features), "boxes": np.concatenate(boxes), "roi_mask": np.concatenate(mask)}
 
 
-def extract_videos(
-    jobs: list[VideoJob],
-    out: str | os.PathLike,
+@dataclass(frozen=True)
+class ExtractionSetup:
+    """Everything a run needs besides its videos and its store. Built where the model runs: in this process, or
+    once on each Dask worker from the same arguments (so every shard records the same provenance)."""
+
+    backbone: Backbone
+    plan: RowPlan
+    device: torch.device
+    batch_size: int
+    options: ExtractOptions
+    provenance: dict
+
+
+def prepare_extraction(
+    keys: set[str],
     backbone: Backbone | str,
     options: ExtractOptions,
     dataset: dict,
     classes: list[str],
     n_folds: int,
     weights: str | None = None,
-) -> ExtractSummary:
-    """Extract every job not already in the store at ``out``; returns what happened, never raises per video."""
+) -> ExtractionSetup:
+    """Check the options against the backbone, load it (and any detector), and describe the features it makes."""
     if isinstance(backbone, str):
         backbone = create_backbone(backbone, weights)
     device = resolve_device(options.device)
@@ -220,25 +232,53 @@ def extract_videos(
                 f"frames of {height}x{width}; extract regions with i3d, r3d_18, mc3_18, r2plus1d_18, s3d or swin3d_t"
             )
         boxes = parse_roi_source(
-            options.rois, options.max_rois, {job.key for job in jobs}, score_threshold=options.roi_score_threshold,
+            options.rois, options.max_rois, keys, score_threshold=options.roi_score_threshold,
             classes=list(options.roi_classes) or None, detector_weights=options.detector_weights, device=device,
         )
     provenance = build_provenance(backbone, options, windowing, boxes, geometry, dataset, classes, n_folds)
-    summary = ExtractSummary(out=Path(out), total=len(jobs), device=str(device), batch_size=batch_size,
-                             unit="frames" if windowing is None else "windows")
+    return ExtractionSetup(backbone, RowPlan(geometry, windowing, boxes), device, batch_size, options, provenance)
 
-    with StoreWriter(out, provenance, options.commit_every) as writer:
-        todo = []
-        for job in jobs:
-            if job.key in writer.done and not writer.is_stale(job.key, job.path):
-                summary.already_done += 1
-            elif options.skip_failed and job.key in writer.previous_failures:
-                summary.skipped_failed += 1
-            else:
-                summary.stale += job.key in writer.done
-                todo.append(job)
+
+def new_summary(out: str | os.PathLike, total: int, setup: ExtractionSetup) -> ExtractSummary:
+    return ExtractSummary(out=Path(out), total=total, device=str(setup.device), batch_size=setup.batch_size,
+                          unit="frames" if setup.plan.windowing is None else "windows")
+
+
+def videos_to_extract(
+    jobs: list[VideoJob], stored: StoredVideos, skip_failed: bool, summary: ExtractSummary
+) -> list[VideoJob]:
+    """The jobs a (re)run must do: not stored yet, or stored from a source that changed since; earlier failures
+    are retried unless ``skip_failed``. Counts the others in ``summary``."""
+    todo = []
+    for job in jobs:
+        if job.key in stored.done and not stored.is_stale(job.key, job.path):
+            summary.already_done += 1
+        elif skip_failed and job.key in stored.failures:
+            summary.skipped_failed += 1
+        else:
+            summary.stale += job.key in stored.done
+            todo.append(job)
+    return todo
+
+
+def extract_videos(
+    jobs: list[VideoJob],
+    out: str | os.PathLike,
+    backbone: Backbone | str,
+    options: ExtractOptions,
+    dataset: dict,
+    classes: list[str],
+    n_folds: int,
+    weights: str | None = None,
+) -> ExtractSummary:
+    """Extract every job not already in the store at ``out``; returns what happened, never raises per video."""
+    setup = prepare_extraction({job.key for job in jobs}, backbone, options, dataset, classes, n_folds, weights)
+    summary = new_summary(out, len(jobs), setup)
+    with StoreWriter(out, setup.provenance, options.commit_every) as writer:
+        todo = videos_to_extract(jobs, writer.stored, options.skip_failed, summary)
         if todo:
-            _run(todo, writer, backbone, _Plan(geometry, windowing, boxes), device, batch_size, options, summary)
+            with Extractor(setup, min(options.workers or default_workers(), len(todo))) as extractor:
+                extractor.run(todo, writer, summary)
     summary.commits = writer.commits  # closing committed the last finished videos
     return summary
 
@@ -381,7 +421,7 @@ class _Assembler:
 
 
 def model_settings(
-    backbone: Backbone, plan: _Plan, device: torch.device, batch_size: int, options: ExtractOptions
+    backbone: Backbone, plan: RowPlan, device: torch.device, batch_size: int, options: ExtractOptions
 ) -> ModelSettings:
     """Frozen graphs (the architecture's fastest kind) are the CPU default for frame backbones on their fixed
     crop; regions and clips run eagerly, as does ``--eager``; ``--compile`` compiles any of them."""
@@ -402,7 +442,7 @@ class _Extraction:
     """Routes the pool's messages: rows to the batcher (full batches to the device stage, outputs to the
     assembler), ends and failures to the assembler. Region boxes are checked against each video's first rows."""
 
-    def __init__(self, stage: DeviceStage, plan: _Plan, batch_size: int, assembler: _Assembler) -> None:
+    def __init__(self, stage: DeviceStage, plan: RowPlan, batch_size: int, assembler: _Assembler) -> None:
         self.stage, self.plan, self.batch_size, self.assembler = stage, plan, batch_size, assembler
         self.batcher = Batcher()
         self.checked: set[int] = set()
@@ -450,32 +490,42 @@ class _Extraction:
         self.assembler.finish_ready()
 
 
-def _run(
-    jobs: list[VideoJob],
-    writer: StoreWriter,
-    backbone: Backbone,
-    plan: _Plan,
-    device: torch.device,
-    batch_size: int,
-    options: ExtractOptions,
-    summary: ExtractSummary,
-) -> None:
-    """decode pool -> batcher -> device stage -> assembler (which stores and commits), until every video is done."""
-    spec = DecodeSpec(options.sampling, plan.geometry, plan.windowing, chunk_rows=min(batch_size, MAX_CHUNK_ROWS))
-    pool = DecodePool([job.path for job in jobs], spec, options.workers)  # first: workers decode while the model builds
-    try:
-        model = Model(backbone, device, model_settings(backbone, plan, device, batch_size, options))
-    except BaseException:
-        pool.close()
-        raise
-    assembler = _Assembler(jobs, writer, summary, options, plan.windowing is not None)
-    extraction = _Extraction(DeviceStage(model, plan.boxes), plan, batch_size, assembler)
-    try:
-        for message in pool.messages():
-            extraction.handle(message)
-        extraction.finish()
-    except KeyboardInterrupt:
-        summary.interrupted = True
-    finally:
-        pool.close()
-        assembler.close()
+class Extractor:
+    """The decode pool, the model and its device stage, built once and reused for any number of video lists
+    (a Dask worker keeps one for the whole run): decode pool -> batcher -> device stage -> assembler."""
+
+    def __init__(self, setup: ExtractionSetup, decode_workers: int | None = None) -> None:
+        self.setup = setup
+        plan, batch_size = setup.plan, setup.batch_size
+        spec = DecodeSpec(setup.options.sampling, plan.geometry, plan.windowing,
+                          chunk_rows=min(batch_size, MAX_CHUNK_ROWS))
+        self.pool = DecodePool(spec, decode_workers)  # first: the workers start while the model builds
+        try:
+            settings = model_settings(setup.backbone, plan, setup.device, batch_size, setup.options)
+            self.stage = DeviceStage(Model(setup.backbone, setup.device, settings), plan.boxes)
+        except BaseException:
+            self.pool.close()
+            raise
+
+    def run(self, jobs: list[VideoJob], writer: StoreWriter, summary: ExtractSummary) -> None:
+        """Extract ``jobs`` into ``writer`` (stored and committed as they finish), until every video is done."""
+        setup = self.setup
+        assembler = _Assembler(jobs, writer, summary, setup.options, setup.plan.windowing is not None)
+        extraction = _Extraction(self.stage, setup.plan, setup.batch_size, assembler)
+        try:
+            for message in self.pool.messages([job.path for job in jobs]):
+                extraction.handle(message)
+            extraction.finish()
+        except KeyboardInterrupt:
+            summary.interrupted = True
+        finally:
+            assembler.close()
+
+    def close(self) -> None:
+        self.pool.close()
+
+    def __enter__(self) -> "Extractor":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -6,17 +6,19 @@ from vidfeat.features.store import (
     StoreError,
     StoreLocked,
     StoreWriter,
+    StoredVideos,
     VideoRecord,
     check_compatible,
     merge_stores,
     open_store,
     provenance_hash,
+    shard_paths,
     write_store,
 )
 from vidfeat.features.loaders import SequenceSource, StorePath, fits_in_memory, load_xy, pool, select_keys
 
 __all__ = [
-    "SCHEMA_VERSION", "FeatureStore", "ProvenanceMismatch", "StoreError", "StoreLocked", "StoreWriter",
-    "VideoRecord", "check_compatible", "merge_stores", "open_store", "provenance_hash", "write_store",
+    "SCHEMA_VERSION", "FeatureStore", "ProvenanceMismatch", "StoreError", "StoreLocked", "StoreWriter", "StoredVideos",
+    "VideoRecord", "check_compatible", "merge_stores", "open_store", "provenance_hash", "shard_paths", "write_store",
     "SequenceSource", "StorePath", "fits_in_memory", "load_xy", "pool", "select_keys",
 ]

@@ -205,6 +205,18 @@ def parts_dir(path: Path) -> Path:
     return path.with_name(path.name + ".parts")
 
 
+def shard_paths(directory: Path) -> list[Path]:
+    """The shard stores of a sharded store directory (``--cluster``/``--shard`` runs): every ``*.h5`` in it, and
+    every shard that has only committed parts so far (its writer died before merging them)."""
+    names = {p.name for p in directory.glob("*.h5") if p.is_file()}
+    names |= {p.name[: -len(".parts")] for p in directory.glob("*.h5.parts") if p.is_dir()}
+    return [directory / name for name in sorted(names)]
+
+
+def _expand(path: Path) -> list[Path]:
+    return shard_paths(path) if path.is_dir() else [path]
+
+
 def _committed_files(path: Path) -> list[Path]:
     """The main file (if any) followed by committed parts in commit order."""
     files = [path] if path.exists() else []
@@ -215,14 +227,15 @@ def _committed_files(path: Path) -> list[Path]:
 
 
 class FeatureStore:
-    """Read-only view over one store (main file + committed parts) or several shards read as one."""
+    """Read-only view over one store (main file + committed parts) or several shards read as one; a directory
+    stands for all the shards in it."""
 
     def __init__(self, paths: Sequence[Path]) -> None:
         self._files: list[_File] = []
         self._where: dict[str, tuple[_File, int]] = {}
         self._failures: dict[str, tuple[str, str]] = {}
         try:
-            for path in paths:
+            for path in [shard for given in paths for shard in _expand(given)]:
                 self._add_shard(path)
         except BaseException:
             self.close()
@@ -381,9 +394,34 @@ class FeatureStore:
 
 
 def open_store(path: str | os.PathLike | Sequence[str | os.PathLike]) -> FeatureStore:
-    """Open a store read-only; a list of paths reads several shards as one store."""
+    """Open a store read-only; a list of paths, or a directory of shards, reads several shards as one store."""
     paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
     return FeatureStore([Path(p) for p in paths])
+
+
+@dataclass
+class StoredVideos:
+    """What a store already holds: what a rerun skips (done, unless its source changed since) and what it
+    retries (failures)."""
+
+    done: set[str] = field(default_factory=set)
+    failures: dict[str, str] = field(default_factory=dict)
+    source_stats: dict[str, tuple[int, float]] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, store: FeatureStore) -> "StoredVideos":
+        return cls(set(store.keys()), {key: error for key, _, error in store.failure_records()}, store.source_stats())
+
+    def is_stale(self, key: str, source: str | os.PathLike) -> bool:
+        """True when the stored video's source file changed size or mtime since it was extracted."""
+        recorded = self.source_stats.get(key)
+        if recorded is None:
+            return False
+        try:
+            stat = os.stat(source)
+        except OSError:
+            return False
+        return (stat.st_size, stat.st_mtime) != recorded
 
 
 def _fsync_dir(path: Path) -> None:
@@ -529,16 +567,13 @@ class StoreWriter:
             for stale in self._parts.glob("*.tmp"):
                 stale.unlink()
             self.path.with_name(self.path.name + ".tmp").unlink(missing_ok=True)
-            self.done: set[str] = set()
-            self.previous_failures: dict[str, str] = {}
-            self._source_stats: dict[str, tuple[int, float]] = {}
+            self.stored = StoredVideos()  # what the store held when this writer opened it
             if _committed_files(self.path):
                 with FeatureStore([self.path]) as existing:
                     check_compatible(existing.attrs, self.provenance, f"the existing store {self.path}")
                     self.provenance = {**existing.attrs, "updated": self.provenance["created"]}
-                    self.done = set(existing.keys())
-                    self._source_stats = existing.source_stats()
-                    self.previous_failures = {key: error for key, _, error in existing.failure_records()}
+                    self.stored = StoredVideos.of(existing)
+            self.done: set[str] = set(self.stored.done)  # stored, and committed by this writer since
         except BaseException:
             self._release_lock()
             raise
@@ -567,17 +602,6 @@ class StoreWriter:
         if self._lock_file is not None:
             self._lock_file.close()
             self._lock_file = None
-
-    def is_stale(self, key: str, source: str | os.PathLike) -> bool:
-        """True when the stored video's source file changed size or mtime since it was extracted."""
-        recorded = self._source_stats.get(key)
-        if recorded is None:
-            return False
-        try:
-            stat = os.stat(source)
-        except OSError:
-            return False
-        return (stat.st_size, stat.st_mtime) != recorded
 
     def add(self, record: VideoRecord) -> None:
         self._pending.append(record)

@@ -37,11 +37,11 @@ def videos(tmp_path_factory) -> list[Path]:
     return made
 
 
-def _collect(pool: DecodePool, on_chunk=None) -> tuple[dict, dict]:
+def _collect(pool: DecodePool, paths: list[Path], on_chunk=None) -> tuple[dict, dict]:
     """Each video's chunks and its final message."""
     chunks: dict[int, list[RowChunk]] = {}
     ends: dict[int, VideoEnd | VideoFailed] = {}
-    for message in pool.messages():
+    for message in pool.messages(paths):
         assert message.video not in ends, "no message may follow a video's end"
         if isinstance(message, RowChunk):
             chunks.setdefault(message.video, []).append(message)
@@ -70,8 +70,8 @@ def _assert_matches_direct(chunks: list[RowChunk], path: Path, sampling: Samplin
 @pytest.mark.parametrize("windowing", [None, Windowing(4, 3)], ids=["frames", "windows"])
 def test_pool_rows_equal_a_direct_decode_and_bad_files_fail_alone(videos, windowing):
     sampling = Sampling(fps=6)
-    with DecodePool(videos, DecodeSpec(sampling, GEOMETRY, windowing, chunk_rows=3), workers=2) as pool:
-        chunks, ends = _collect(pool)
+    with DecodePool(DecodeSpec(sampling, GEOMETRY, windowing, chunk_rows=3), workers=2) as pool:
+        chunks, ends = _collect(pool, videos)
     assert sorted(ends) == [0, 1, 2, 3]
     assert isinstance(ends[2], VideoFailed) and "not a video" in ends[2].error and 2 not in chunks
     for video in (0, 1, 3):
@@ -90,9 +90,12 @@ def test_a_killed_worker_costs_its_video_only(videos):
             killed.append(pool.worker_pid(0))
             os.kill(killed[0], signal.SIGKILL)
 
-    with DecodePool(videos, spec, workers=2) as pool:
-        chunks, ends = _collect(pool, kill_holder_of_video_0)
+    with DecodePool(spec, workers=2) as pool:
+        chunks, ends = _collect(pool, videos, kill_holder_of_video_0)
         assert pool.restarts == 1
+        again_chunks, again_ends = _collect(pool, videos[::-1])  # the same workers (one replaced) go on
+    assert [type(again_ends[i]) for i in range(4)] == [VideoEnd, VideoFailed, VideoEnd, VideoEnd]
+    _assert_matches_direct(again_chunks[3], videos[0], Sampling(), None)
     assert isinstance(ends[0], VideoFailed) and "killed by SIGKILL" in ends[0].error
     assert isinstance(ends[2], VideoFailed)
     for video in (1, 3):
@@ -108,7 +111,7 @@ def test_death_reasons_name_the_signal_or_status():
 
 def test_pool_refuses_no_workers(videos):
     with pytest.raises(ValueError, match="--workers must be >= 1"):
-        DecodePool(videos, DecodeSpec(Sampling(), GEOMETRY, None, 2), workers=0)
+        DecodePool(DecodeSpec(Sampling(), GEOMETRY, None, 2), workers=0)
 
 
 def _decode_workers() -> list[int]:
@@ -183,7 +186,7 @@ def test_too_little_shared_memory_is_refused_up_front(videos, tiny_tmpfs, monkey
     monkeypatch.setattr(decode_pool, "SHARED_MEMORY", tiny_tmpfs)
     spec = DecodeSpec(Sampling(), Geometry(256, 224), None, chunk_rows=8)  # 8 slots x 1.2 MB > 1 MiB
     with pytest.raises(DecodePoolError, match=r"needs \d+ MiB of shared memory .* has 1 MiB free; .*--shm-size"):
-        DecodePool(videos, spec, workers=1)
+        DecodePool(spec, workers=1)
 
 
 def test_a_script_without_a_main_guard_gets_the_advice(videos, tmp_path):
@@ -192,8 +195,8 @@ def test_a_script_without_a_main_guard_gets_the_advice(videos, tmp_path):
     script.write_text(
         "from vidfeat.extract.decode_pool import DecodePool, DecodeSpec\n"
         "from vidfeat.extract.video import Geometry, Sampling\n"
-        f"pool = DecodePool([{str(videos[0])!r}], DecodeSpec(Sampling(), Geometry(32, 24), None, 2), workers=1)\n"
-        "list(pool.messages())\n"
+        "pool = DecodePool(DecodeSpec(Sampling(), Geometry(32, 24), None, 2), workers=1)\n"
+        f"list(pool.messages([{str(videos[0])!r}]))\n"
     )
     result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert result.returncode != 0

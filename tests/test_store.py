@@ -106,7 +106,7 @@ def test_writer_commits_parts_that_readers_see_and_close_merges(tmp_path):
     writer.close()
     assert path.exists() and not (tmp_path / "s.h5.parts").exists()
     writer = StoreWriter(path, PROVENANCE)
-    assert writer.done == {"a"} and writer.previous_failures == {"broken": "corrupt data"}
+    assert writer.done == {"a"} and writer.stored.failures == {"broken": "corrupt data"}
     writer.add(record("broken", 2, 5))  # a retried failure succeeds: the failure entry disappears
     writer.close()
     with open_store(path) as s:
@@ -240,9 +240,9 @@ def test_stale_source_is_detected(tmp_path):
     r.source, r.source_size, r.source_mtime = str(video), stat.st_size, stat.st_mtime
     write_store(tmp_path / "s.h5", [r], PROVENANCE)
     with StoreWriter(tmp_path / "s.h5", PROVENANCE) as writer:
-        assert not writer.is_stale("v", video)
+        assert not writer.stored.is_stale("v", video)
         video.write_bytes(b"y" * 20)
-        assert writer.is_stale("v", video)
+        assert writer.stored.is_stale("v", video)
 
 
 def test_loaders_pool_for_sklearn_and_give_whole_sequences_to_torch(tmp_path):
