@@ -273,7 +273,15 @@ def extract_videos(
 ) -> ExtractSummary:
     """Extract every job not already in the store at ``out``; returns what happened, never raises per video."""
     setup = prepare_extraction({job.key for job in jobs}, backbone, options, dataset, classes, n_folds, weights)
-    summary = new_summary(out, len(jobs), setup)
+    return extract_prepared(setup, jobs, out)
+
+
+def extract_prepared(
+    setup: ExtractionSetup, jobs: list[VideoJob], out: str | os.PathLike, summary: ExtractSummary | None = None
+) -> ExtractSummary:
+    """``extract_videos`` with the backbone already prepared; ``summary`` may carry counts made by the caller."""
+    options = setup.options
+    summary = summary or new_summary(out, len(jobs), setup)
     with StoreWriter(out, setup.provenance, options.commit_every) as writer:
         todo = videos_to_extract(jobs, writer.stored, options.skip_failed, summary)
         if todo:

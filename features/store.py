@@ -424,6 +424,34 @@ class StoredVideos:
         return (stat.st_size, stat.st_mtime) != recorded
 
 
+class CommittedKeys:
+    """The keys committed so far in a store or a directory of shards, as other writers go on committing.
+
+    Committed files never change, so a file is read once; a long-lived worker can ask before each task which of
+    its videos another worker (one that died after committing them) has already stored."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self._read: dict[Path, tuple[tuple[int, int], frozenset[str]]] = {}
+
+    def current(self) -> set[str]:
+        seen: dict[Path, tuple[tuple[int, int], frozenset[str]]] = {}
+        for shard in _expand(self.path):
+            for file_path in _committed_files(shard):
+                try:
+                    stat = file_path.stat()
+                    signature = (stat.st_mtime_ns, stat.st_size)
+                    known = self._read.get(file_path)
+                    if known is None or known[0] != signature:
+                        with h5py.File(file_path, "r", locking=False) as f:
+                            known = (signature, frozenset(_decode(f["videos"]["key"][:])))
+                except FileNotFoundError:
+                    continue  # merged away since the listing: writers merge their parts only when they close
+                seen[file_path] = known
+        self._read = seen
+        return set().union(*(keys for _, keys in seen.values()))
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:

@@ -20,12 +20,13 @@ from vidfeat.extract.video import Sampling  # noqa: E402
 from vidfeat.features.store import StoreError, merge_stores, open_store  # noqa: E402
 from vidfeat.pipelines import stages  # noqa: E402
 from vidfeat.pipelines.datasets import ADAPTERS, DatasetError  # noqa: E402
+from vidfeat.pipelines.scaleout import MissingDependency, ScaleOut  # noqa: E402
 from vidfeat.temporal.heads import list_heads  # noqa: E402
 from vidfeat.temporal.runs import compare_runs, evaluate_run, format_comparison, train_folds, train_run  # noqa: E402
 from vidfeat.temporal.sampling import SAMPLE_MODES  # noqa: E402
 
 # Errors a user can act on: shown as one clear message, no traceback.
-USER_ERRORS = (StoreError, DatasetError, ValueError, FileNotFoundError, RuntimeError)
+USER_ERRORS = (StoreError, DatasetError, MissingDependency, ValueError, FileNotFoundError, RuntimeError)
 
 
 def _fail(exc: Exception) -> None:
@@ -75,11 +76,20 @@ def main() -> None:
 @click.option("--skip-failed", is_flag=True, help="Do not retry videos that failed in an earlier run.")
 @click.option("--strict", is_flag=True, help="Treat partially decodable (truncated) videos as failures.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the `folder` adapter's split.")
+@click.option("--cluster", help="Extract on a local Dask cluster: `local` (one worker per GPU, or per core) or "
+              "`local:N`. --out is then a directory of shards.")
+@click.option("--scheduler", help="Extract on the running Dask cluster at this address (e.g. tcp://host:8786).")
+@click.option("--shard", help="Be job I of an N-job array (I/N): extract that share of the videos into the "
+              "directory --out, without Dask.")
+@click.option("--merge", type=click.Path(path_type=Path),
+              help="With --cluster/--scheduler: also merge the shards into this one file at the end.")
+@click.option("--videos-per-task", type=int, help="With --cluster/--scheduler: videos per Dask task "
+              "(default: about 8 tasks per worker, at most 256 videos).")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 def extract(inputs, out, dataset, data_root, list_file, backbone, weights, fps, every_n, clip_len, clip_stride,
             rois, max_rois, roi_size, roi_score_threshold, roi_classes, detector_weights, device, batch_size, workers,
             commit_every, eager, compile_model, precision, dtype, allow_failures, skip_failed, strict, seed,
-            no_progress) -> None:
+            cluster, scheduler, shard, merge, videos_per_task, no_progress) -> None:
     """Extract features of INPUT videos/directories, or of --dataset NAME --data-root DIR, into --out."""
     try:
         options = ExtractOptions(
@@ -89,13 +99,19 @@ def extract(inputs, out, dataset, data_root, list_file, backbone, weights, fps, 
             commit_every=commit_every, eager=eager, compile=compile_model,
             precision=precision, dtype=dtype, strict=strict, skip_failed=skip_failed, progress=not no_progress,
         )
-        summary = stages.extract(
-            out, inputs=inputs, dataset=dataset, data_root=data_root, list_file=list_file,
-            backbone=backbone, weights=weights, options=options, seed=seed,
-        )
+        what = dict(inputs=inputs, dataset=dataset, data_root=data_root, list_file=list_file, seed=seed,
+                    backbone=backbone, weights=weights, options=options)
+        if cluster or scheduler or shard:
+            scaled = stages.extract_sharded(out, ScaleOut(cluster, scheduler, shard, merge, videos_per_task), **what)
+            summary, report = scaled.summary, stages.format_scaled_summary(scaled)
+        elif merge or videos_per_task:
+            raise ValueError("--merge and --videos-per-task apply to --cluster/--scheduler runs")
+        else:
+            summary = stages.extract(out, **what)
+            report = stages.format_summary(summary)
     except USER_ERRORS as exc:
         _fail(exc)
-    click.echo(stages.format_summary(summary))
+    click.echo(report)
     if summary.interrupted:
         sys.exit(130)
     if summary.failures and not allow_failures:
@@ -124,7 +140,8 @@ def features_info(stores) -> None:
 @click.argument("out", type=click.Path(path_type=Path))
 @click.argument("shards", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 def features_merge(out, shards) -> None:
-    """Merge shards written by different processes or machines into OUT (provenance must match)."""
+    """Merge shards written by different processes or machines (files, or directories of shards) into OUT
+    (provenance must match)."""
     if out.exists():
         _fail(FileExistsError(f"{out} exists; merge into a new file"))
     try:

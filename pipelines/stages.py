@@ -14,8 +14,9 @@ import numpy as np
 from vidfeat.extract.backbones import Backbone, create_backbone, detector_categories
 from vidfeat.extract.runner import ExtractOptions, ExtractSummary, VideoJob, extract_videos
 from vidfeat.extract.video import Sampling
-from vidfeat.features.store import FeatureStore, ProvenanceMismatch, open_store, parts_dir
+from vidfeat.features.store import FeatureStore, ProvenanceMismatch, open_store
 from vidfeat.pipelines import relational, sample
+from vidfeat.pipelines.scaleout import ScaledSummary, ScaleOut, extract_scaled
 from vidfeat.pipelines.datasets import Dataset, dataset_from_inputs, load_dataset
 from vidfeat.temporal.runs import check_provenance, load_run, predict_sequences
 
@@ -48,18 +49,13 @@ def extract_dataset(
     )
 
 
-def extract(
-    out: str | os.PathLike,
-    *,
+def resolve_dataset(
     inputs: Sequence[str | os.PathLike] = (),
     dataset: str | None = None,
     data_root: str | os.PathLike | None = None,
     list_file: str | os.PathLike | None = None,
-    backbone: str = DEFAULT_BACKBONE,
-    weights: str | None = None,
-    options: ExtractOptions | None = None,
     seed: int = 0,
-) -> ExtractSummary:
+) -> Dataset:
     """Either named dataset (adapter layout) or loose INPUT files/directories; exactly one of the two."""
     if dataset and inputs:
         raise ValueError("give either --dataset or INPUT paths, not both")
@@ -68,12 +64,39 @@ def extract(
             data_root = EMBEDDED_ROOTS[dataset]
         if data_root is None and list_file is None:
             raise ValueError(f"--dataset {dataset} needs --data-root DIR (see `vidfeat datasets` for the layout)")
-        loaded = load_dataset(dataset, data_root if data_root is not None else Path(list_file).parent, list_file, seed)
-    elif inputs:
-        loaded = dataset_from_inputs([Path(p) for p in inputs])
-    else:
-        raise ValueError("nothing to extract: pass INPUT files/directories or --dataset NAME --data-root DIR")
-    return extract_dataset(loaded, out, backbone, weights, options)
+        return load_dataset(dataset, data_root if data_root is not None else Path(list_file).parent, list_file, seed)
+    if inputs:
+        return dataset_from_inputs([Path(p) for p in inputs])
+    raise ValueError("nothing to extract: pass INPUT files/directories or --dataset NAME --data-root DIR")
+
+
+def extract(
+    out: str | os.PathLike,
+    *,
+    backbone: str = DEFAULT_BACKBONE,
+    weights: str | None = None,
+    options: ExtractOptions | None = None,
+    **dataset_args,
+) -> ExtractSummary:
+    """Extract a dataset (see ``resolve_dataset`` for ``dataset_args``) into one store file."""
+    return extract_dataset(resolve_dataset(**dataset_args), out, backbone, weights, options)
+
+
+def extract_sharded(
+    out: str | os.PathLike,
+    scale_out: ScaleOut,
+    *,
+    backbone: str = DEFAULT_BACKBONE,
+    weights: str | None = None,
+    options: ExtractOptions | None = None,
+    **dataset_args,
+) -> ScaledSummary:
+    """Extract a dataset into the shard directory ``out``: on a Dask cluster, or as one job of an array."""
+    loaded = resolve_dataset(**dataset_args)
+    return extract_scaled(
+        jobs_from_dataset(loaded), Path(out), backbone, weights, options or ExtractOptions(),
+        {"name": loaded.name, "root": str(loaded.root)}, loaded.classes, loaded.n_folds, scale_out,
+    )
 
 
 def format_summary(summary: ExtractSummary) -> str:
@@ -97,13 +120,23 @@ def format_summary(summary: ExtractSummary) -> str:
     return "\n".join(lines)
 
 
+def format_scaled_summary(scaled: ScaledSummary) -> str:
+    """The run's summary, then each Dask worker's throughput (busy time: model and decoding, not waiting)."""
+    lines = [format_summary(scaled.summary)]
+    unit = scaled.summary.unit
+    for name, stats in sorted(scaled.workers.items()):
+        lines.append(f"worker {name}: {stats.tasks} task(s), {stats.videos} video(s), {stats.rows} {unit} in "
+                     f"{stats.seconds:.1f} s = {stats.rows_per_second:.1f} {unit}/s, {stats.failures} failed")
+    return "\n".join(lines)
+
+
 def describe_store(store: FeatureStore) -> str:
     """Human summary for `vidfeat features info`: provenance, counts, dims, splits, partial and failed videos."""
     attrs = store.attrs
     lengths = store.lengths()
     rows = sum(lengths.values())
     lines = [f"files: {', '.join(map(str, store.paths))}"]
-    pending = [p for p in store.paths if p.parent == parts_dir(store.paths[0])]
+    pending = [p for p in store.paths if p.parent.name.endswith(".parts")]
     if pending:
         lines.append(f"note: {len(pending)} committed part(s) of an unfinished run; rerun the extraction to merge them")
     for name in ("schema_version", "kind", "backbone", "weights", "feature_dim", "dtype", "dataset", "dataset_root",
