@@ -12,6 +12,9 @@ FPS ?=
 FEATURES_DIR ?= features
 STORE := $(FEATURES_DIR)/$(DATASET)_$(BACKBONE)$(if $(FPS),_fps$(FPS)).h5
 EXTRACT_FLAGS ?=
+# CLUSTER=local (one Dask worker per GPU) or local:N: extract into the shard directory $(STORE:.h5=.shards)/ and
+# merge it into $(STORE) at the end.
+CLUSTER ?=
 HEAD ?= lstm
 FOLD ?= 1
 RUNS_DIR ?= runs
@@ -26,7 +29,7 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,dist]'
 	touch $@
 
 test: $(STAMP)
@@ -39,7 +42,8 @@ extract: $(STORE)
 $(STORE): | $(STAMP)
 	mkdir -p $(FEATURES_DIR)
 	$(VIDFEAT) extract --dataset $(DATASET) --data-root $(DATA_ROOT) --backbone $(BACKBONE) \
-		$(if $(FPS),--fps $(FPS)) $(EXTRACT_FLAGS) --out $@ || { touch -c -d @0 $@; exit 1; }
+		$(if $(FPS),--fps $(FPS)) $(EXTRACT_FLAGS) $(if $(CLUSTER),--cluster $(CLUSTER) --out $(@:.h5=.shards) --merge,--out) \
+		$@ || { touch -c -d @0 $@; exit 1; }
 
 train: $(RUN_RESULT)
 

@@ -20,13 +20,13 @@ from vidfeat.extract.video import Sampling  # noqa: E402
 from vidfeat.features.store import StoreError, merge_stores, open_store  # noqa: E402
 from vidfeat.pipelines import stages  # noqa: E402
 from vidfeat.pipelines.datasets import ADAPTERS, DatasetError  # noqa: E402
-from vidfeat.pipelines.scaleout import MissingDependency, ScaleOut  # noqa: E402
+from vidfeat.pipelines.scaleout import ClusterError, MissingDependency, ScaleOut  # noqa: E402
 from vidfeat.temporal.heads import list_heads  # noqa: E402
 from vidfeat.temporal.runs import compare_runs, evaluate_run, format_comparison, train_folds, train_run  # noqa: E402
 from vidfeat.temporal.sampling import SAMPLE_MODES  # noqa: E402
 
 # Errors a user can act on: shown as one clear message, no traceback.
-USER_ERRORS = (StoreError, DatasetError, MissingDependency, ValueError, FileNotFoundError, RuntimeError)
+USER_ERRORS = (StoreError, DatasetError, ClusterError, MissingDependency, ValueError, FileNotFoundError, RuntimeError)
 
 
 def _fail(exc: Exception) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import multiprocessing
 import os
 import re
 import threading
@@ -28,7 +29,9 @@ from vidfeat.extract.runner import (
     ExtractOptions, Extractor, ExtractSummary, VideoJob, new_summary, prepare_extraction, videos_to_extract,
 )
 from vidfeat.features.store import CommittedKeys, StoreWriter
-from vidfeat.pipelines.scaleout import ScaledSummary, ScaleOut, WorkerStats, check_shard_directory, refuse_stale
+from vidfeat.pipelines.scaleout import (
+    ClusterError, ScaledSummary, ScaleOut, WorkerStats, check_shard_directory, refuse_stale,
+)
 
 PLUGIN_NAME = "vidfeat-extract"
 MAX_VIDEOS_PER_TASK = 256
@@ -67,6 +70,12 @@ class _WorkerSession:
     """One worker's model, decode pool and shard writer, for the whole run."""
 
     def __init__(self, request: ExtractRequest, worker_name: str) -> None:
+        if multiprocessing.current_process().daemon:
+            raise ClusterError(
+                f"Dask worker {worker_name} runs as a daemonic process, which cannot start vidfeat's decode processes. "
+                "Start the workers with DASK_DISTRIBUTED__WORKER__DAEMON=False in their environment (dask-jobqueue: "
+                "job_script_prologue=['export DASK_DISTRIBUTED__WORKER__DAEMON=False']), or set "
+                "distributed.worker.daemon: false in their Dask config")
         self.worker_name = worker_name
         self.setup = prepare_extraction(set(request.keys), request.backbone, request.options, request.dataset,
                                         request.classes, request.n_folds, request.weights)
@@ -168,7 +177,12 @@ def local_cluster(workers: int | None, device: str) -> SpecCluster:
 def dask_client(cluster: str | None, scheduler: str | None, workers: int | None, device: str) -> Iterator[Client]:
     """A client of a new local cluster, or of the user's scheduler at ``scheduler``."""
     if scheduler is not None:
-        with Client(scheduler) as client:
+        try:
+            client = Client(scheduler)
+        except OSError as exc:
+            raise ClusterError(f"cannot reach the Dask scheduler at {scheduler}: {exc}. Is it running, and is the "
+                               "address the one it printed (tcp://HOST:PORT)?") from exc
+        with client:
             yield client
         return
     with dask.config.set({"distributed.worker.daemon": False}):  # read again by each nanny when it restarts a worker

@@ -30,6 +30,10 @@ class MissingDependency(ImportError):
     """An optional piece (an extra) that this feature needs is not installed."""
 
 
+class ClusterError(RuntimeError):
+    """The Dask cluster cannot run the extraction as it is set up (unreachable, or its workers cannot)."""
+
+
 @dataclass(frozen=True)
 class ScaleOut:
     """How an extraction is spread: over a Dask cluster, or as one job of an array; optionally merged at the end."""

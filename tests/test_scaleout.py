@@ -210,3 +210,33 @@ def test_shards_hash_keys_and_options_are_checked():
     with pytest.raises(ValueError, match="--merge cannot finish an array job"):
         ScaleOut(shard="1/2", merge=Path("x.h5"))
     assert ScaleOut(cluster="local").local_workers is None and ScaleOut(cluster="local:3").local_workers == 3
+
+
+@pytest.mark.parametrize("daemon", [False, True], ids=["workers", "daemonic-workers"])
+def test_scheduler_runs_on_the_users_cluster_or_says_how_to_start_its_workers(hmdb, reference, tmp_path, daemon):
+    """--scheduler: a cluster the user started. Dask's workers are daemonic by default, and a daemonic process
+    cannot start the decode processes: that gets a message saying how to start them."""
+    import dask
+    from distributed import LocalCluster
+
+    out = tmp_path / "shards"
+    with dask.config.set({"distributed.worker.daemon": daemon}), LocalCluster(
+            n_workers=1, threads_per_worker=1, dashboard_address=":0", silence_logs=50) as cluster:
+        result = run_cli(*extract_args(hmdb, out, "--scheduler", cluster.scheduler_address))
+    if daemon:
+        assert result.exit_code == 1
+        assert "runs as a daemonic process" in result.output and "DASK_DISTRIBUTED__WORKER__DAEMON=False" in result.output
+        return
+    assert result.exit_code == 0, result.output
+    with open_store(out) as store, open_store(reference) as expected:
+        assert store.keys() == expected.keys() and store.provenance_hash == expected.provenance_hash
+        for key in expected.keys():  # one thread per worker here: equal up to float16 rounding
+            np.testing.assert_allclose(store.features(key), expected.features(key), rtol=1e-2, atol=1e-3)
+
+
+def test_an_unreachable_scheduler_is_a_clear_error(hmdb, tmp_path):
+    import dask
+
+    with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
+        result = run_cli(*extract_args(hmdb, tmp_path / "shards", "--scheduler", "tcp://127.0.0.1:9"))
+    assert result.exit_code == 1 and "cannot reach the Dask scheduler at tcp://127.0.0.1:9" in result.output
