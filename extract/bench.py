@@ -140,6 +140,9 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+CLIPS = "12 clips 320x240 mpeg4"
+
+
 @dataclass
 class EndToEnd:
     fps: float          # the run's own figure: rows over the time from the first batch to the last commit
@@ -152,11 +155,13 @@ _SUMMARY = re.compile(r"frames: (\d+) in [\d.]+ s = ([\d.]+) frames/s")
 
 
 def end_to_end(videos: list[Path], backbone: str, *flags: str) -> EndToEnd:
-    """A whole ``vidfeat extract`` process on ``videos``, as a user runs it (random weights except lite0's)."""
+    """A whole ``vidfeat extract`` process on ``videos``, as a user runs it (random weights except lite0's);
+    with ``--cluster`` its Dask workers are counted in, and it writes a shard directory."""
     weights = [] if backbone == "efficientnet_lite0" else ["--weights", "none"]
+    out = "bench" if "--cluster" in flags else "bench.h5"
     with tempfile.TemporaryDirectory() as tmp:
         command = [sys.executable, "-c", "from vidfeat.pipelines.console import main; main()", "extract",
-                   *map(str, videos), "--out", f"{tmp}/bench.h5", "--backbone", backbone, *weights, *flags,
+                   *map(str, videos), "--out", f"{tmp}/{out}", "--backbone", backbone, *weights, *flags,
                    "--no-progress"]
         start = time.perf_counter()
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -204,6 +209,12 @@ def cpu_rows(table: Table, backbone: Backbone, workloads: dict[str, list[Path]],
                   f"{run.fps / frozen:.2f} of model only (target >= 0.90)")
         table.add(name, "whole process, start-up included", run.frames / run.wall,
                   f"{run.wall:.1f} s; peak RSS {run.peak_rss / 2**20:,.0f} MiB with the decode workers")
+        if cores > 1 and name == CLIPS:
+            cluster = end_to_end(videos, backbone.name, "--device", "cpu", "--batch-size", str(batch),
+                                 "--cluster", f"local:{cores}")
+            table.add(name, f"whole process, --cluster local:{cores}", cluster.frames / cluster.wall,
+                      f"{cluster.wall:.1f} s = {run.wall / cluster.wall:.2f}x one process; peak RSS "
+                      f"{cluster.peak_rss / 2**20:,.0f} MiB")
 
 
 def gpu_rows(table: Table, backbone: Backbone, workloads: dict[str, list[Path]], args) -> None:
@@ -219,6 +230,9 @@ def gpu_rows(table: Table, backbone: Backbone, workloads: dict[str, list[Path]],
         run = end_to_end(videos, backbone.name, "--device", "cuda")
         table.add(f"{name}, gpu", f"end to end, fp16, batch 128 ({run.frames} frames)", run.fps,
                   f"whole process {run.wall:.1f} s; peak RSS {run.peak_rss / 2**20:,.0f} MiB")
+    cluster = end_to_end(workloads[CLIPS], backbone.name, "--device", "cuda", "--cluster", "local")
+    table.add(f"{CLIPS}, gpu", f"--cluster local ({torch.cuda.device_count()} GPU worker(s))", cluster.fps,
+              f"whole process {cluster.wall:.1f} s")
 
 
 def main() -> None:
@@ -231,7 +245,7 @@ def main() -> None:
 
     backbone = create_backbone(args.backbone, None if args.backbone == "efficientnet_lite0" else "none")
     args.data.mkdir(parents=True, exist_ok=True)
-    workloads = {"12 clips 320x240 mpeg4": hmdb_like_clips(args.data), "1080p h264": long_1080p(args.data)}
+    workloads = {CLIPS: hmdb_like_clips(args.data), "1080p h264": long_1080p(args.data)}
     print(f"backbone {backbone.name} ({backbone.weights_id}), torch threads {torch.get_num_threads()}, "
           f"{len(os.sched_getaffinity(0))} cores")
     table = Table([])

@@ -13,10 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
 from hmdb_fixture import make_hmdb51_tree
 from videogen import make_text_file, make_video
+import vidfeat.pipelines
 from vidfeat.features import open_store, shard_paths
 from vidfeat.pipelines.cli import main
 from vidfeat.pipelines.scaleout import ScaleOut, Shard
@@ -28,7 +29,7 @@ CLASSES = ("brush_hair", "cartwheel", "fall_floor")
 BROKEN = "brush_hair/not a video.avi"
 
 
-def run_cli(*args) -> "click.testing.Result":
+def run_cli(*args) -> Result:
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
@@ -240,3 +241,11 @@ def test_an_unreachable_scheduler_is_a_clear_error(hmdb, tmp_path):
     with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
         result = run_cli(*extract_args(hmdb, tmp_path / "shards", "--scheduler", "tcp://127.0.0.1:9"))
     assert result.exit_code == 1 and "cannot reach the Dask scheduler at tcp://127.0.0.1:9" in result.output
+
+
+def test_without_dask_the_error_names_the_extra(hmdb, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "distributed", None)  # as if vidfeat[dist] were not installed
+    monkeypatch.delitem(sys.modules, "vidfeat.pipelines.dask_extract", raising=False)
+    monkeypatch.delattr(vidfeat.pipelines, "dask_extract", raising=False)  # imported by an earlier test
+    result = run_cli(*extract_args(hmdb, tmp_path / "shards", "--cluster", "local:2"))
+    assert result.exit_code == 1 and "pip install 'vidfeat[dist]'" in result.output, result.output
