@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import platform
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from importlib.metadata import version
@@ -515,13 +516,18 @@ class Extractor:
             self.pool.close()
             raise
 
-    def run(self, jobs: list[VideoJob], writer: StoreWriter, summary: ExtractSummary) -> None:
-        """Extract ``jobs`` into ``writer`` (stored and committed as they finish), until every video is done."""
+    def run(
+        self, jobs: list[VideoJob], writer: StoreWriter, summary: ExtractSummary, stop: threading.Event | None = None
+    ) -> None:
+        """Extract ``jobs`` into ``writer`` (stored and committed as they finish), until every video is done or
+        Ctrl-C (or ``stop``, set from another thread) interrupts the run."""
         setup = self.setup
         assembler = _Assembler(jobs, writer, summary, setup.options, setup.plan.windowing is not None)
         extraction = _Extraction(self.stage, setup.plan, setup.batch_size, assembler)
         try:
             for message in self.pool.messages([job.path for job in jobs]):
+                if stop is not None and stop.is_set():
+                    raise KeyboardInterrupt
                 extraction.handle(message)
             extraction.finish()
         except KeyboardInterrupt:

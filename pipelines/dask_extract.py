@@ -12,6 +12,7 @@ import math
 import multiprocessing
 import os
 import re
+import signal
 import threading
 import time
 import uuid
@@ -88,7 +89,7 @@ class _WorkerSession:
             self.writer.close()
             raise
 
-    def extract(self, jobs: list[VideoJob]) -> TaskReport:
+    def extract(self, jobs: list[VideoJob], stop: threading.Event) -> TaskReport:
         """The task's videos that no worker has committed yet (a dead worker may have), committed before
         returning, so that a finished task is durable even if this worker dies next."""
         stored = self.committed.current()
@@ -97,7 +98,7 @@ class _WorkerSession:
         summary.already_done = len(jobs) - len(todo)
         commits = self.writer.commits
         if todo:
-            self.extractor.run(todo, self.writer, summary)
+            self.extractor.run(todo, self.writer, summary, stop)
         self.writer.commit()
         summary.commits = self.writer.commits - commits
         return TaskReport(self.worker_name, summary)
@@ -110,26 +111,32 @@ class _WorkerSession:
 
 
 class ExtractionWorker(WorkerPlugin):
-    """Builds the worker's session on its first task, closes it when the plugin is removed. The tasks of one
-    worker run one at a time (a worker may have several threads; the session is not shared)."""
+    """Builds the worker's session on its first task, closes it when the plugin is removed (stopping a running
+    task at its next chunk of frames, so that Ctrl-C on the client is prompt). The tasks of one worker run one at
+    a time (a worker may have several threads; the session is not shared)."""
 
     name = PLUGIN_NAME
 
-    def __init__(self, request: ExtractRequest) -> None:
-        self.request = request
+    def __init__(self, request: ExtractRequest, local: bool) -> None:
+        self.request, self.local = request, local
 
     def setup(self, worker) -> None:
         self.worker_name = str(worker.name)
         self.lock = threading.Lock()
+        self.stop = threading.Event()
         self.session: _WorkerSession | None = None
+        if self.local and threading.current_thread() is threading.main_thread():
+            # A terminal's Ctrl-C reaches the local workers too (one process group); the client handles it.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     def run(self, jobs: list[VideoJob]) -> TaskReport:
         with self.lock:
             if self.session is None:
                 self.session = _WorkerSession(self.request, self.worker_name)
-            return self.session.extract(jobs)
+            return self.session.extract(jobs, self.stop)
 
     def teardown(self, worker) -> None:
+        self.stop.set()
         with self.lock:
             if self.session is not None:
                 self.session.close()
@@ -226,17 +233,17 @@ def _lost_task(total: ScaledSummary, jobs: list[VideoJob], error: Exception) -> 
     total.summary.failures += [(str(job.path), reason) for job in jobs]
 
 
-def run_tasks(client: Client, request: ExtractRequest, todo: list[VideoJob], total: ScaledSummary,
-              videos_per_task: int | None) -> None:
+def run_tasks(client: Client, plugin: ExtractionWorker, todo: list[VideoJob], total: ScaledSummary,
+              videos_per_task: int | None, progress: bool) -> None:
     """Submit the task lists with the plugin registered, gather reports as they come; the plugin's removal
-    (also after an error or Ctrl-C, once the running tasks are done) merges every worker's shard."""
+    (also after an error or Ctrl-C, which stops the running tasks) merges every worker's shard."""
     workers = max(1, len(client.scheduler_info()["workers"]))
     lists = task_lists(todo, workers, videos_per_task)
     token = uuid.uuid4().hex[:8]
-    client.register_plugin(ExtractionWorker(request), name=PLUGIN_NAME)
+    client.register_plugin(plugin, name=PLUGIN_NAME)
     futures = {client.submit(extract_task, jobs, key=f"vidfeat-extract-{token}-{i}", pure=False): jobs
                for i, jobs in enumerate(lists)}
-    bar = tqdm(total=len(todo), unit="video", disable=not request.options.progress, dynamic_ncols=True)
+    bar = tqdm(total=len(todo), unit="video", disable=not progress, dynamic_ncols=True)
     start = time.perf_counter()
     try:
         for future in as_completed(futures):
@@ -282,5 +289,5 @@ def extract_on_dask(
         total.dashboard = dashboard_link(client)
         if total.dashboard and options.progress:
             tqdm.write(f"Dask dashboard: {total.dashboard}")
-        run_tasks(client, request, todo, total, scale.videos_per_task)
+        run_tasks(client, ExtractionWorker(request, local), todo, total, scale.videos_per_task, options.progress)
     return total

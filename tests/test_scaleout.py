@@ -24,8 +24,10 @@ from vidfeat.pipelines.scaleout import ScaleOut, Shard
 
 pytest.importorskip("distributed")
 
-VIDEO = partial(make_video, size=(48, 36), fps=10, seconds=3)
+VIDEO = partial(make_video, size=(48, 36), fps=10, seconds=2)
 CLASSES = ("brush_hair", "cartwheel", "fall_floor")
+PER_CLASS = 5
+VIDEOS = len(CLASSES) * PER_CLASS  # and one broken file
 BROKEN = "brush_hair/not a video.avi"
 
 
@@ -59,7 +61,7 @@ def committed_parts(directory: Path) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def hmdb(tmp_path_factory):
-    tree = make_hmdb51_tree(tmp_path_factory.mktemp("hmdb51"), write_video=VIDEO, classes=CLASSES, per_class=7)
+    tree = make_hmdb51_tree(tmp_path_factory.mktemp("hmdb51"), write_video=VIDEO, classes=CLASSES, per_class=PER_CLASS)
     make_text_file(tree.videos_dir / BROKEN)
     return tree
 
@@ -87,7 +89,7 @@ def reference_per_worker(hmdb, tmp_path_factory) -> Path:
 
 def assert_same_store(actual: Path, expected: Path) -> None:
     with open_store(actual) as a, open_store(expected) as e:
-        assert a.keys() == e.keys() and len(a) == 21
+        assert a.keys() == e.keys() and len(a) == VIDEOS
         assert a.provenance_hash == e.provenance_hash
         for key in e.keys():
             np.testing.assert_array_equal(a.features(key), e.features(key))
@@ -102,7 +104,7 @@ def test_local_cluster_of_two_workers_makes_the_single_process_store(hmdb, refer
     out, merged = tmp_path / "shards", tmp_path / "merged.h5"
     result = run_cli(*extract_args(hmdb, out, "--cluster", "local:2", "--merge", merged))
     assert result.exit_code == 0, result.output
-    assert "21 extracted now" in result.output and "1 failed" in result.output
+    assert f"{VIDEOS} extracted now" in result.output and "1 failed" in result.output
     assert "worker 0:" in result.output and "worker 1:" in result.output
     assert [p.name for p in shard_paths(out)] == ["shard-0.h5", "shard-1.h5"]
     assert not list(out.glob("*.parts")), "closing each worker's writer merges its parts"
@@ -110,10 +112,10 @@ def test_local_cluster_of_two_workers_makes_the_single_process_store(hmdb, refer
     assert_same_store(merged, reference_per_worker)
 
     info = run_cli("features", "info", out)
-    assert info.exit_code == 0 and "videos: 21" in info.output and "failures: 1" in info.output
+    assert info.exit_code == 0 and f"videos: {VIDEOS}" in info.output and "failures: 1" in info.output
 
     again = run_cli(*extract_args(hmdb, out, "--cluster", "local:2"))
-    assert again.exit_code == 0 and "0 extracted now, 21 already stored" in again.output, again.output
+    assert again.exit_code == 0 and f"0 extracted now, {VIDEOS} already stored" in again.output, again.output
 
 
 def test_a_worker_killed_mid_run_costs_nothing(hmdb, reference_per_worker, tmp_path):
@@ -128,9 +130,9 @@ def test_a_worker_killed_mid_run_costs_nothing(hmdb, reference_per_worker, tmp_p
     output, _ = run.communicate(timeout=300)
     assert run.returncode == 0, output
     counts = re.search(r"(\d+) extracted now, (\d+) already stored, 1 failed", output)  # only the broken file
-    assert counts and int(counts[1]) + int(counts[2]) == 21, output  # "already": committed by the killed worker
+    assert counts and int(counts[1]) + int(counts[2]) == VIDEOS, output  # "already": committed by the killed worker
     with open_store(out) as store:  # overlapping shards would be refused here
-        assert len(store) == 21
+        assert len(store) == VIDEOS
     assert_same_store(out, reference_per_worker)
 
 
@@ -143,11 +145,11 @@ def test_an_interrupted_cluster_run_resumes_without_redoing_anything(hmdb, refer
     assert run.returncode == 130, output
     with open_store(out) as store:
         stored = len(store)
-    assert 0 < stored < 21
+    assert 0 < stored < VIDEOS
 
     again = run_cli(*extract_args(hmdb, out, "--cluster", "local:2"))
     assert again.exit_code == 0, again.output
-    assert f"{21 - stored} extracted now, {stored} already stored" in again.output
+    assert f"{VIDEOS - stored} extracted now, {stored} already stored" in again.output
     assert_same_store(out, reference_per_worker)
 
 
