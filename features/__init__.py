@@ -2,6 +2,7 @@
 from vidfeat.features.store import (
     SCHEMA_VERSION,
     CommittedKeys,
+    DiskFull,
     FeatureStore,
     ProvenanceMismatch,
     StoreError,
@@ -19,7 +20,7 @@ from vidfeat.features.store import (
 from vidfeat.features.loaders import SequenceSource, StorePath, fits_in_memory, load_xy, pool, select_keys
 
 __all__ = [
-    "SCHEMA_VERSION", "CommittedKeys", "FeatureStore", "ProvenanceMismatch", "StoreError", "StoreLocked", "StoreWriter", "StoredVideos",
+    "SCHEMA_VERSION", "CommittedKeys", "DiskFull", "FeatureStore", "ProvenanceMismatch", "StoreError", "StoreLocked", "StoreWriter", "StoredVideos",
     "VideoRecord", "check_compatible", "merge_stores", "open_store", "provenance_hash", "shard_paths", "write_store",
     "SequenceSource", "StorePath", "fits_in_memory", "load_xy", "pool", "select_keys",
 ]

@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -50,6 +51,10 @@ class StoreError(RuntimeError):
 
 class StoreLocked(StoreError):
     """Another writer holds the store."""
+
+
+class DiskFull(StoreError):
+    """A store file could not be written for lack of space; what was committed before is intact."""
 
 
 class ProvenanceMismatch(StoreError):
@@ -467,10 +472,49 @@ def _write_file(
     load: Callable[[str], VideoRecord],
     failures: Sequence[tuple[str, str, str]],
 ) -> None:
-    """Write one complete store file atomically: temp name, fsync, rename, fsync the directory.
+    """Write one complete store file atomically: temp name, fsync, rename, fsync the directory. A file that
+    cannot be completed (a full disk, a bad record) leaves nothing behind: its temp file is removed."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        _write_rows(tmp, provenance, lengths_by_key, load, failures)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        feature_bytes = sum(lengths_by_key.values()) * int(provenance["feature_dim"]) * np.dtype(
+            provenance.get("dtype", "float16")).itemsize
+        if isinstance(exc, (OSError, RuntimeError)) and _out_of_space(exc, path.parent, feature_bytes):
+            raise DiskFull(f"the disk is full (or over quota): could not write {path}") from exc
+        raise
+    _fsync_dir(path.parent)
 
-    Rows are loaded one video at a time through ``load`` so merging a large store needs little memory.
-    """
+
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _out_of_space(exc: BaseException, folder: Path, needed: int) -> bool:
+    """Whether a failed write ran out of space. HDF5 reports ENOSPC inside the text of a RuntimeError (and
+    closing the file then raises another error on top of it), so the whole chain is read, and the free space
+    asked as well."""
+    chain: BaseException | None = exc
+    while chain is not None:
+        if isinstance(chain, OSError) and chain.errno in _NO_SPACE:
+            return True
+        if any(os.strerror(code) in str(chain) for code in _NO_SPACE):
+            return True
+        chain = chain.__cause__ or chain.__context__
+    stat = os.statvfs(folder)
+    return stat.f_bavail * stat.f_frsize < needed
+
+
+def _write_rows(
+    tmp: Path,
+    provenance: dict,
+    lengths_by_key: dict[str, int],
+    load: Callable[[str], VideoRecord],
+    failures: Sequence[tuple[str, str, str]],
+) -> None:
+    """The file's contents, fsynced. Rows are loaded one video at a time through ``load``, so merging a large
+    store needs little memory."""
     keys = sorted(lengths_by_key)
     classes = provenance.get("classes") or []
     class_index = {name: i for i, name in enumerate(classes)}
@@ -483,7 +527,6 @@ def _write_file(
     columns: dict[str, list] = {name: [] for name in _VIDEO_COLUMNS}
     has_ranges = provenance.get("kind") == "clip"
 
-    tmp = path.with_name(path.name + ".tmp")
     with h5py.File(tmp, "w", locking=False) as f:
         _write_attrs(f, provenance)
         f.attrs["schema_version"] = SCHEMA_VERSION
@@ -541,8 +584,6 @@ def _write_file(
             g.create_dataset(name, data=[row[column] for row in failures], dtype=_STR)
         f.flush()
         os.fsync(f.id.get_vfd_handle())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 def write_store(
@@ -585,10 +626,17 @@ class StoreWriter:
         self.provenance = _stamp(provenance)
         self.commit_every = commit_every
         self.commits = 0  # part files written by this writer
+        self._disk_full = False
         self._last_commit = time.monotonic()
         self._parts = parts_dir(self.path)
-        self._parts.mkdir(parents=True, exist_ok=True)
-        self._lock_file = self._acquire_lock()
+        if not self.path.parent.is_dir():
+            raise StoreError(f"the folder {self.path.parent} does not exist; create it, or fix the output path")
+        try:
+            self._parts.mkdir(exist_ok=True)
+            self._lock_file = self._acquire_lock()
+        except OSError as exc:
+            raise StoreError(f"cannot write the store {self.path}: {exc.strerror or exc}; the folder "
+                             f"{self.path.parent} must be writable (not a read-only mount)") from exc
         self._pending: list[VideoRecord] = []
         self._pending_failures: list[tuple[str, str, str]] = []
         try:
@@ -655,7 +703,8 @@ class StoreWriter:
         name = f"part-{time.time_ns():020d}-{os.getpid()}.h5"
         by_key = {r.key: r for r in self._pending}
         lengths = {k: len(r.features) for k, r in by_key.items()}
-        _write_file(self._parts / name, self.provenance, lengths, by_key.__getitem__, self._pending_failures)
+        with self._safe_if_disk_full():
+            _write_file(self._parts / name, self.provenance, lengths, by_key.__getitem__, self._pending_failures)
         self.done.update(r.key for r in self._pending)
         self._pending, self._pending_failures = [], []
         self.commits += 1
@@ -665,10 +714,13 @@ class StoreWriter:
         if self._lock_file is None:
             return
         try:
+            if self._disk_full:
+                return  # the committed parts stay; the next run merges them
             self.commit()
             parts = [p for p in _committed_files(self.path) if p != self.path]
             if parts:
-                merge_stores([self.path], self.path, provenance=self.provenance)
+                with self._safe_if_disk_full():
+                    merge_stores([self.path], self.path, provenance=self.provenance)
                 for part in parts:
                     part.unlink()
             (self._parts / "lock").unlink(missing_ok=True)
@@ -676,6 +728,18 @@ class StoreWriter:
                 self._parts.rmdir()
         finally:
             self._release_lock()
+
+    @contextmanager
+    def _safe_if_disk_full(self) -> Iterator[None]:
+        """A full disk ends the run, with what the user needs to know: what is safe, and how to go on. The
+        writer then writes nothing more (HDF5 itself may be left unable to create files in this process)."""
+        try:
+            yield
+        except DiskFull as exc:
+            self._disk_full = True
+            raise DiskFull(f"{exc}. The {len(self.done)} video(s) committed before are safe in {self.path} (with "
+                           f"its {self._parts.name} folder, if any); free some space and rerun the same command "
+                           "to resume") from exc
 
     def __enter__(self) -> "StoreWriter":
         return self

@@ -1,5 +1,6 @@
 """Test-wide settings: never touch the network or the user's torch cache."""
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -20,3 +21,23 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture
+def mount_tmpfs(tmp_path):
+    """``mount_tmpfs(name, options)`` mounts a small tmpfs at tmp_path/name (needs root; skips cleanly without);
+    every mount is undone at the end."""
+    mounted = []
+
+    def mount(name: str, options: str) -> Path:
+        point = tmp_path / name
+        point.mkdir()
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)],
+                          capture_output=True).returncode != 0:
+            pytest.skip("cannot mount a tmpfs here (needs root)")
+        mounted.append(point)
+        return point
+
+    yield mount
+    for point in reversed(mounted):
+        subprocess.run(["umount", str(point)], check=True)

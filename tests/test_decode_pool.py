@@ -170,20 +170,9 @@ def test_extraction_survives_a_killed_decode_worker(tmp_path):
             np.testing.assert_array_equal(got.frame_indices(key), want.frame_indices(key))
 
 
-@pytest.fixture
-def tiny_tmpfs(tmp_path):
-    mount = tmp_path / "shm"
-    mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
-                      capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    yield mount
-    subprocess.run(["umount", str(mount)], check=True)
-
-
-def test_too_little_shared_memory_is_refused_up_front(videos, tiny_tmpfs, monkeypatch):
+def test_too_little_shared_memory_is_refused_up_front(videos, mount_tmpfs, monkeypatch):
     """A full /dev/shm would kill workers with SIGBUS mid-video; the pool says so before starting any."""
-    monkeypatch.setattr(decode_pool, "SHARED_MEMORY", tiny_tmpfs)
+    monkeypatch.setattr(decode_pool, "SHARED_MEMORY", mount_tmpfs("shm", "size=1m"))
     spec = DecodeSpec(Sampling(), Geometry(256, 224), None, chunk_rows=8)  # 8 slots x 1.2 MB > 1 MiB
     with pytest.raises(DecodePoolError, match=r"needs \d+ MiB of shared memory .* has 1 MiB free; .*--shm-size"):
         DecodePool(spec, workers=1)

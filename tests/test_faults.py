@@ -1,0 +1,61 @@
+"""Faults around the store: a full disk, an output folder that is missing or read-only."""
+import subprocess
+from functools import partial
+
+import numpy as np
+from click.testing import CliRunner, Result
+
+from videogen import make_video
+from vidfeat.features import open_store
+from vidfeat.pipelines.cli import main
+
+VIDEO = partial(make_video, size=(48, 36), fps=10, seconds=2)  # 20 rows of 1280 float16 = 50 KB a video
+
+
+def extract(inputs, out, *extra) -> Result:
+    args = ["extract", str(inputs), "--out", str(out), "--commit-every", "0", "--no-progress", *map(str, extra)]
+    return CliRunner().invoke(main, args)
+
+
+def test_a_full_disk_stops_with_a_clear_error_keeps_what_was_committed_and_resumes(tmp_path, mount_tmpfs):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for i in range(8):
+        VIDEO(videos / f"v{i}.avi", start=i / 10)
+    clean = tmp_path / "clean.h5"
+    assert extract(videos, clean).exit_code == 0
+    disk = mount_tmpfs("disk", "size=200k")
+    out = disk / "store.h5"
+
+    full = extract(videos, out)
+    assert full.exit_code == 1
+    assert "the disk is full" in full.output and "free some space and rerun the same command" in full.output
+    assert "Traceback" not in full.output
+    assert not list(disk.rglob("*.tmp")), "no temporary file may be left on the full disk"
+    with open_store(out) as partial_store:
+        committed = {key: partial_store.features(key) for key in partial_store.keys()}
+    assert 0 < len(committed) < 8
+
+    subprocess.run(["mount", "-o", "remount,size=8m", str(disk)], check=True)
+    resumed = extract(videos, out)
+    assert resumed.exit_code == 0, resumed.output
+    assert f"{8 - len(committed)} extracted now, {len(committed)} already stored" in resumed.output
+    assert not (disk / "store.h5.parts").exists()
+    with open_store(out) as got, open_store(clean) as want:
+        assert got.keys() == want.keys()
+        for key in want.keys():
+            np.testing.assert_array_equal(got.features(key), want.features(key))
+        for key, features in committed.items():
+            np.testing.assert_array_equal(got.features(key), features)
+
+
+def test_a_missing_or_read_only_output_folder_is_refused_before_decoding(tmp_path, mount_tmpfs):
+    video = VIDEO(tmp_path / "v.avi")
+    missing = extract(video, tmp_path / "no such folder" / "out.h5")
+    assert missing.exit_code == 1 and "does not exist; create it" in missing.output
+    assert not (tmp_path / "no such folder").exists()
+
+    read_only = mount_tmpfs("ro", "ro,size=1m")
+    refused = extract(video, read_only / "out.h5")
+    assert refused.exit_code == 1
+    assert "cannot write the store" in refused.output and "must be writable" in refused.output
