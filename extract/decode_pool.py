@@ -19,8 +19,9 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from multiprocessing import connection, shared_memory
 from pathlib import Path
@@ -291,6 +292,7 @@ class _Handle:
     conn: connection.Connection | None = None
     video: int | None = None
     ready: bool = False
+    silent: float = 0.0  # seconds the parent has waited on it since its last message (see video_timeout)
 
 
 class DecodePool:
@@ -300,11 +302,14 @@ class DecodePool:
     Every video ends in exactly one VideoEnd or VideoFailed, after all of its RowChunks.
     """
 
-    def __init__(self, spec: DecodeSpec, workers: int | None = None) -> None:
+    def __init__(self, spec: DecodeSpec, workers: int | None = None, video_timeout: float | None = None) -> None:
         count = default_workers() if workers is None else workers
         if count < 1:
             raise ValueError(f"--workers must be >= 1, got {count}")
+        if video_timeout is not None and video_timeout <= 0:
+            raise ValueError(f"--video-timeout is a number of seconds > 0, got {video_timeout}")
         self.spec = spec
+        self.video_timeout = video_timeout
         self.todo: deque[DecodeTask] = deque()
         self.context = multiprocessing.get_context("spawn")
         self.slot_bytes = spec.slot_bytes()
@@ -337,7 +342,7 @@ class DecodePool:
     def _assign(self, handle: _Handle) -> None:
         if self.todo:
             task = self.todo.popleft()
-            handle.video = task.video
+            handle.video, handle.silent = task.video, 0.0
             try:
                 handle.conn.send(task)
             except (BrokenPipeError, ConnectionResetError):
@@ -354,8 +359,31 @@ class DecodePool:
             busy = {h.conn: h for h in self.handles if h.video is not None}
             if not busy:
                 return
-            for conn in connection.wait(list(busy)):
+            started = time.monotonic()
+            ready = connection.wait(list(busy), timeout=self._time_left(busy.values()))
+            waited = time.monotonic() - started
+            for conn in ready:
+                busy[conn].silent = 0.0
                 yield from self._receive(busy[conn])
+            for handle in (h for conn, h in busy.items() if conn not in ready and h.ready):  # start-up is no hang
+                handle.silent += waited
+                if self.video_timeout is not None and handle.silent >= self.video_timeout:
+                    yield from self._stop_hung(handle)
+
+    def _time_left(self, busy: Iterable[_Handle]) -> float | None:
+        """How long to wait before the first busy worker would reach the video timeout (None: no timeout).
+
+        Only time spent waiting on a worker counts, never time the consumer took with earlier rows: a worker whose
+        slots are all full is waiting for the parent, not hung."""
+        if self.video_timeout is None:
+            return None
+        return max(0.0, min(self.video_timeout - h.silent for h in busy))
+
+    def _stop_hung(self, handle: _Handle) -> Iterator[PoolMessage]:
+        handle.process.kill()
+        yield from self._replace(handle, f"decoding produced nothing for {self.video_timeout:g} s "
+                                         "(--video-timeout), so the decoder was stopped; the file may be damaged "
+                                         "or on a stalled filesystem")
 
     def _receive(self, handle: _Handle) -> Iterator[PoolMessage]:
         try:
@@ -382,8 +410,9 @@ class DecodePool:
             pass  # it died after sending; the rows are intact and its death is seen on the next read
         return RowChunk(ready.video, ready.size, pixels, ready.timestamps, ready.indices, ready.ranges, ready.centres)
 
-    def _replace(self, handle: _Handle) -> Iterator[PoolMessage]:
-        """A worker died: fail the video it held, start a replacement on the same slots, go on."""
+    def _replace(self, handle: _Handle, reason: str | None = None) -> Iterator[PoolMessage]:
+        """A worker died (or was stopped for ``reason``): fail the video it held, start a replacement on the same
+        slots, go on."""
         handle.process.join(timeout=5)
         video, exitcode = handle.video, handle.process.exitcode
         handle.conn.close()
@@ -396,7 +425,7 @@ class DecodePool:
         self._start(handle)
         self._assign(handle)
         if video is not None:
-            yield VideoFailed(video, death_reason(exitcode))
+            yield VideoFailed(video, reason or death_reason(exitcode))
 
     def close(self) -> None:
         """Stop every worker and free the shared memory; safe to call twice."""

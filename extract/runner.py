@@ -59,6 +59,7 @@ class ExtractOptions:
     device: str = "auto"
     batch_size: int | None = None
     workers: int | None = None      # decode processes (default: the cores minus one, at least one)
+    video_timeout: float | None = None  # seconds a decoder may produce nothing before its video fails
     commit_every: float = 5.0        # seconds between commits of finished videos (0: after every batch)
     eager: bool = False              # CPU: run the model op by op instead of as a frozen graph
     compile: bool = False            # torch.compile the backbone (either device)
@@ -508,7 +509,7 @@ class Extractor:
         plan, batch_size = setup.plan, setup.batch_size
         spec = DecodeSpec(setup.options.sampling, plan.geometry, plan.windowing,
                           chunk_rows=min(batch_size, MAX_CHUNK_ROWS))
-        self.pool = DecodePool(spec, decode_workers)  # first: the workers start while the model builds
+        self.pool = DecodePool(spec, decode_workers, setup.options.video_timeout)  # first: starts while the model builds
         try:
             settings = model_settings(setup.backbone, plan, setup.device, batch_size, setup.options)
             self.stage = DeviceStage(Model(setup.backbone, setup.device, settings), plan.boxes)

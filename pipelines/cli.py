@@ -61,6 +61,9 @@ def main() -> None:
 @click.option("--batch-size", type=int, help="Frames per batch, across video boundaries. Default: 8 on CPU, 128 on CUDA.")
 @click.option("--workers", type=click.IntRange(min=1),
               help="Decode processes. A crash in one costs only the video it held.  [default: cores - 1, at least 1]")
+@click.option("--video-timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+              help="Fail a video whose decoder produces nothing for this long (a hang on a damaged file or a "
+                   "stalled filesystem). Default: no limit.")
 @click.option("--commit-every", type=click.FloatRange(min=0), default=5.0, show_default=True, metavar="SECONDS",
               help="Commit finished videos at most this often (0: after every batch). A kill -9 redoes at most the "
                    "videos finished in the last SECONDS.")
@@ -88,14 +91,15 @@ def main() -> None:
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 def extract(inputs, out, dataset, data_root, list_file, backbone, weights, fps, every_n, clip_len, clip_stride,
             rois, max_rois, roi_size, roi_score_threshold, roi_classes, detector_weights, device, batch_size, workers,
-            commit_every, eager, compile_model, precision, dtype, allow_failures, skip_failed, strict, seed,
-            cluster, scheduler, shard, merge, videos_per_task, no_progress) -> None:
+            video_timeout, commit_every, eager, compile_model, precision, dtype, allow_failures, skip_failed, strict,
+            seed, cluster, scheduler, shard, merge, videos_per_task, no_progress) -> None:
     """Extract features of INPUT videos/directories, or of --dataset NAME --data-root DIR, into --out."""
     try:
         options = ExtractOptions(
             sampling=Sampling(fps=fps, every_n=every_n), clip_len=clip_len, clip_stride=clip_stride, rois=rois,
             max_rois=max_rois, roi_size=roi_size, roi_score_threshold=roi_score_threshold, roi_classes=roi_classes,
             detector_weights=detector_weights, device=device, batch_size=batch_size, workers=workers,
+            video_timeout=video_timeout,
             commit_every=commit_every, eager=eager, compile=compile_model,
             precision=precision, dtype=dtype, strict=strict, skip_failed=skip_failed, progress=not no_progress,
         )

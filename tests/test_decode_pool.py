@@ -103,6 +103,31 @@ def test_a_killed_worker_costs_its_video_only(videos):
         _assert_matches_direct(chunks[video], videos[video], Sampling(), None)
 
 
+def test_a_decoder_that_hangs_fails_its_video_after_the_video_timeout(videos, tmp_path):
+    """A worker frozen mid-video (SIGSTOP: as a decoder spinning on a damaged file, or a read stalled on a dead
+    network filesystem, looks from outside) is stopped after --video-timeout; its video fails, the rest go on."""
+    long = make_video(tmp_path / "long.avi", size=(48, 36), fps=10, seconds=20)
+    paths = [videos[0], long, videos[1]]
+    frozen: list[int] = []
+    stop = threading.Event()
+    watcher = threading.Thread(target=_signal_when_open, args=(long.resolve(), signal.SIGSTOP, frozen, stop))
+    watcher.start()
+    try:
+        with DecodePool(DecodeSpec(Sampling(), GEOMETRY, None, chunk_rows=2), workers=2, video_timeout=1.5) as pool:
+            chunks, ends = _collect(pool, paths)
+            assert pool.restarts == 1
+    finally:
+        stop.set()
+        watcher.join()
+    assert frozen, "the watcher never saw the long video open"
+    assert isinstance(ends[1], VideoFailed) and "produced nothing for 1.5 s (--video-timeout)" in ends[1].error
+    for video in (0, 2):
+        assert isinstance(ends[video], VideoEnd)
+        _assert_matches_direct(chunks[video], paths[video], Sampling(), None)
+    with pytest.raises(ValueError, match="--video-timeout is a number of seconds > 0"):
+        DecodePool(DecodeSpec(Sampling(), GEOMETRY, None, 2), workers=1, video_timeout=0)
+
+
 def test_death_reasons_name_the_signal_or_status():
     assert "killed by SIGSEGV" in death_reason(-signal.SIGSEGV)
     assert "killed by SIGABRT" in death_reason(-signal.SIGABRT)
@@ -121,17 +146,17 @@ def _decode_workers() -> list[int]:
             if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
 
 
-def _kill_when_open(target: Path, killed: list, stop: threading.Event) -> None:
-    """SIGKILL the decode worker that has ``target`` open, once it does."""
-    while not stop.is_set() and not killed:
+def _signal_when_open(target: Path, sig: int, hit: list, stop: threading.Event) -> None:
+    """Send ``sig`` to the decode worker that has ``target`` open, once it does."""
+    while not stop.is_set() and not hit:
         for pid in _decode_workers():
             try:
                 links = [os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir()]
             except OSError:
                 continue
             if str(target) in links:
-                os.kill(pid, signal.SIGKILL)
-                killed.append(pid)
+                os.kill(pid, sig)
+                hit.append(pid)
                 return
         time.sleep(0.002)
 
@@ -152,7 +177,8 @@ def test_extraction_survives_a_killed_decode_worker(tmp_path):
     assert clean.extracted == 4
     killed: list[int] = []
     stop = threading.Event()
-    watcher = threading.Thread(target=_kill_when_open, args=(paths[1].resolve(), killed, stop), daemon=True)
+    watcher = threading.Thread(target=_signal_when_open, args=(paths[1].resolve(), signal.SIGKILL, killed, stop),
+                               daemon=True)
     watcher.start()
     try:
         summary = extract(tmp_path / "crashed.h5")
