@@ -23,7 +23,7 @@ RUN := $(RUNS_DIR)/$(basename $(notdir $(STORE)))_$(HEAD)$(if $(filter-out 1,$(F
 RUN_RESULT := $(RUN)/$(if $(filter all,$(FOLD)),summary.json,metrics.json)
 DEMO_HEADS := mean logreg lstm tcn transformer
 
-.PHONY: setup test extract train demo demo-relational bench cuda-check bench-train
+.PHONY: setup test extract train demo demo-relational bench cuda-check bench-train fuzz
 
 setup: $(STAMP)
 
@@ -94,3 +94,9 @@ cuda-check: $(STAMP)
 
 bench-train: $(STAMP)
 	OMP_WAIT_POLICY=PASSIVE $(PY) -m vidfeat.temporal.bench
+
+# Fault campaigns against whole extraction runs: damaged real clips, kill -9 at random moments, in commits and
+# merges. Prints trials / survived / lost / crashes / hangs; fails when anything was lost.
+FUZZ_FLAGS ?=
+fuzz: $(STAMP)
+	$(PY) -m vidfeat.pipelines.fuzz $(FUZZ_FLAGS)

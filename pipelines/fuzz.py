@@ -47,6 +47,7 @@ class Campaign:
     crashes: int = 0
     hangs: int = 0
     problems: list[str] = field(default_factory=list)  # what went wrong, for the report under the table
+    missed: list[str] = field(default_factory=list)  # kill moments that did not come before the run ended
 
     def row(self) -> str:
         return (f"| {self.name:<8} | {self.trials:>6} | {self.survived:>8} | {self.lost:>4} | {self.crashes:>7} "
@@ -165,11 +166,11 @@ def _snapshot(out: Path) -> dict[str, np.ndarray] | None:
         return None
 
 
-def kill_at(moment: str, process: subprocess.Popen, out: Path, rng: random.Random, clean_seconds: float) -> None:
+def kill_at(moment: str, process: subprocess.Popen, out: Path, rng: random.Random, clean_seconds: float) -> bool:
     """SIGKILL the extraction at ``moment``: after a random time, while a part file is being written (its temp
-    file exists), or while the final merge writes the new main file."""
+    file exists), or while the final merge writes the new main file. False when the run ended first."""
     if moment == "random":
-        time.sleep(rng.uniform(0.5, clean_seconds))
+        time.sleep(rng.uniform(0.5, 0.8 * clean_seconds))
     else:
         temp = out.with_name(out.name + ".tmp")
         parts = out.with_name(out.name + ".parts")
@@ -177,8 +178,10 @@ def kill_at(moment: str, process: subprocess.Popen, out: Path, rng: random.Rando
         while process.poll() is None and time.monotonic() < deadline:  # no sleep: a commit lasts milliseconds
             if (moment == "merge" and temp.exists()) or (moment == "commit" and any(parts.glob("*.tmp"))):
                 break
+    landed = process.poll() is None
     process.send_signal(signal.SIGKILL)
     process.wait()
+    return landed
 
 
 def kill_campaign(work: Path, trials: int, seed: int) -> Campaign:
@@ -200,8 +203,9 @@ def kill_campaign(work: Path, trials: int, seed: int) -> Campaign:
     campaign = Campaign("kill -9", trials=trials)
     for trial in range(trials):
         out = work / f"killed_{trial}.h5"
-        kill_at(KILL_MOMENTS[trial % 3], extract_process(inputs, out, *flags), out, rng, clean_seconds)
         moment = KILL_MOMENTS[trial % 3]
+        if not kill_at(moment, extract_process(inputs, out, *flags), out, rng, clean_seconds):
+            campaign.missed.append(moment)
         committed = _snapshot(out)
         resumed = run_extract(inputs, out, *flags)
         got = _snapshot(out) if resumed.returncode == 0 else None
@@ -240,6 +244,8 @@ def main() -> None:
     for campaign in campaigns:
         for problem in campaign.problems:
             print(f"{campaign.name}: {problem}")
+        if campaign.missed:
+            print(f"{campaign.name}: {len(campaign.missed)} run(s) ended before their kill ({', '.join(campaign.missed)})")
     sys.exit(0 if all(c.survived == c.trials and not (c.lost or c.crashes or c.hangs) for c in campaigns) else 1)
 
 

@@ -7,6 +7,7 @@ from click.testing import CliRunner, Result
 
 from videogen import make_video
 from vidfeat.features import open_store
+from vidfeat.pipelines import fuzz
 from vidfeat.pipelines.cli import main
 
 VIDEO = partial(make_video, size=(48, 36), fps=10, seconds=2)  # 20 rows of 1280 float16 = 50 KB a video
@@ -59,3 +60,17 @@ def test_a_missing_or_read_only_output_folder_is_refused_before_decoding(tmp_pat
     refused = extract(video, read_only / "out.h5")
     assert refused.exit_code == 1
     assert "cannot write the store" in refused.output and "must be writable" in refused.output
+
+
+def test_damaged_real_clips_are_each_stored_or_failed_with_a_reason(tmp_path):
+    """Two of each damage (bit flips in header, index and payload; truncation; zeroed bytes; wrong extension;
+    audio only) on MPEG-4 AVI and H.264 MP4: no crash, no hang, every input accounted for, the rerun retries
+    exactly the failures. `make fuzz` runs more."""
+    campaign = fuzz.corrupt_campaign(tmp_path, trials=14, seed=0)
+    assert (campaign.survived, campaign.lost, campaign.crashes, campaign.hangs) == (14, 0, 0, 0), campaign.problems
+
+
+def test_kill_9_during_a_commit_during_the_merge_and_at_random_loses_nothing(tmp_path):
+    campaign = fuzz.kill_campaign(tmp_path, trials=3, seed=0)
+    assert (campaign.survived, campaign.lost, campaign.crashes) == (3, 0, 0), campaign.problems
+    assert not {"commit", "merge"} & set(campaign.missed), "the kill must land in the commit and in the merge"
