@@ -174,6 +174,23 @@ class _Video:
     decoded_frames: int = 0
     expected_frames: int = -1
     partial: str = ""
+    bad_features: str = ""  # why its features must not be stored (NaN/Inf, float16 overflow), if they must not
+
+
+FLOAT16_MAX = float(np.finfo(np.float16).max)
+
+
+def feature_problem(features: np.ndarray, dtype: str) -> str:
+    """Why these model outputs cannot be stored as ``dtype`` ("" when they can): never store NaN or inf."""
+    finite = np.isfinite(features)
+    if not finite.all():
+        rows = int((~finite.reshape(len(features), -1)).any(axis=1).sum())
+        return (f"the model gave NaN or infinite features for {rows} row(s) (a broken checkpoint, or fp16 overflow "
+                "under --precision fp16: try --precision fp32 or bf16); not stored")
+    if dtype == "float16" and features.size and float(np.abs(features).max()) > FLOAT16_MAX:
+        return (f"features up to {float(np.abs(features).max()):.3g} overflow float16 (largest {FLOAT16_MAX:g}) and "
+                "would be stored as inf; extract into a --dtype float32 store")
+    return ""
 
 
 @dataclass(frozen=True)
@@ -352,18 +369,26 @@ class _Assembler:
             if video is None:  # it failed while this batch was on the device (CUDA returns batches one late)
                 continue
             rows = slice(starts[i], starts[i + 1])
-            video.features.append(output.features[rows].astype(self.options.dtype))
-            video.timestamps.append(chunk.timestamps)
-            video.indices.append(chunk.indices)
-            video.ranges.append(chunk.ranges)
-            if output.regions is not None:
-                regions = output.regions[rows].astype(self.options.dtype)
-                video.regions.append((regions, output.boxes[i], output.masks[i]))
+            self._keep(video, chunk, output, i, rows)
             video.done += len(chunk)
             self.summary.rows += len(chunk)
         rate = self.summary.rows / (time.perf_counter() - self.start)
         self.bar.set_postfix_str(f"{rate:.1f} {self.summary.unit}/s", refresh=False)
         self.finish_ready()
+
+    def _keep(self, video: _Video, chunk: RowChunk, output: BatchOutput, i: int, rows: slice) -> None:
+        """Chunk ``i``'s rows of ``output``, in the stored dtype, unless they (or earlier ones) cannot be stored."""
+        dtype = self.options.dtype
+        video.bad_features = video.bad_features or feature_problem(output.features[rows], dtype) or (
+            feature_problem(output.regions[rows], dtype) if output.regions is not None else "")
+        if video.bad_features:
+            return  # the video fails when its last row is back
+        video.features.append(output.features[rows].astype(dtype))
+        video.timestamps.append(chunk.timestamps)
+        video.indices.append(chunk.indices)
+        video.ranges.append(chunk.ranges)
+        if output.regions is not None:
+            video.regions.append((output.regions[rows].astype(dtype), output.boxes[i], output.masks[i]))
 
     def end(self, message: VideoEnd) -> None:
         video = self.videos[message.video]
@@ -392,8 +417,9 @@ class _Assembler:
             video = self.videos.pop(vid)
             if video.failed:
                 continue
-            if video.partial and self.options.strict:
-                self._fail(video, f"{video.partial} (--strict turns partial decodes into failures)")
+            refusal = self._refusal(video)
+            if refusal:
+                self._fail(video, refusal)
                 continue
             try:
                 stat = video.job.path.stat()
@@ -406,6 +432,14 @@ class _Assembler:
                 self.summary.partial.append((video.job.key, video.partial))
             self.bar.update(1)
         self.writer.commit_if_due()
+
+    def _refusal(self, video: _Video) -> str:
+        """Why a fully decoded video must not be stored ("" when it may)."""
+        if video.bad_features:
+            return video.bad_features
+        if video.partial and self.options.strict:
+            return f"{video.partial} (--strict turns partial decodes into failures)"
+        return ""
 
     def _record(self, video: _Video, stat: os.stat_result) -> VideoRecord:
         return VideoRecord(

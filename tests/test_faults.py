@@ -1,8 +1,11 @@
 """Faults around the store: a full disk, an output folder that is missing or read-only."""
 import subprocess
 from functools import partial
+from pathlib import Path
 
 import numpy as np
+import torch
+import torchvision
 from click.testing import CliRunner, Result
 
 from videogen import make_video
@@ -74,3 +77,30 @@ def test_kill_9_during_a_commit_during_the_merge_and_at_random_loses_nothing(tmp
     campaign = fuzz.kill_campaign(tmp_path, trials=3, seed=0)
     assert (campaign.survived, campaign.lost, campaign.crashes) == (3, 0, 0), campaign.problems
     assert not {"commit", "merge"} & set(campaign.missed), "the kill must land in the commit and in the merge"
+
+
+def _resnet18_weights(path, scale: float) -> str:
+    """A resnet18 state_dict whose last BatchNorm scales every feature by ``scale`` and shifts it by as much
+    (inf: every feature infinite)."""
+    torch.manual_seed(0)
+    state = torchvision.models.resnet18().state_dict()
+    if np.isfinite(scale):
+        state["layer4.1.bn2.weight"] = state["layer4.1.bn2.weight"] * scale
+    state["layer4.1.bn2.bias"] = state["layer4.1.bn2.bias"] + scale  # past the ReLU
+    torch.save(state, path)
+    return str(path)
+
+
+def test_infinite_features_and_float16_overflow_are_never_stored(tmp_path):
+    video = VIDEO(tmp_path / "v.avi")
+    nan_weights = _resnet18_weights(tmp_path / "inf.pt", float("inf"))
+    huge_weights = _resnet18_weights(tmp_path / "huge.pt", 1e6)
+    for weights, reason in ((nan_weights, "NaN or infinite features"), (huge_weights, "overflow float16")):
+        result = extract(video, tmp_path / f"{Path(weights).stem}.h5", "--backbone", "resnet18", "--weights", weights)
+        assert result.exit_code == 1 and reason in result.output, result.output
+        with open_store(tmp_path / f"{Path(weights).stem}.h5") as store:
+            assert len(store) == 0 and reason in store.failures()[0][1]
+    wide = extract(video, tmp_path / "wide.h5", "--backbone", "resnet18", "--weights", huge_weights, "--dtype", "float32")
+    assert wide.exit_code == 0, wide.output
+    with open_store(tmp_path / "wide.h5") as store:
+        assert np.isfinite(store.features("v")).all() and store.features("v").max() > np.finfo(np.float16).max
