@@ -13,8 +13,10 @@ from vidfeat.features.store import (
     check_compatible,
     merge_stores,
     open_store,
+    Verification,
     provenance_hash,
     shard_paths,
+    verify_store,
     write_store,
 )
 from vidfeat.features.loaders import SequenceSource, StorePath, fits_in_memory, load_xy, pool, select_keys
@@ -22,5 +24,6 @@ from vidfeat.features.loaders import SequenceSource, StorePath, fits_in_memory, 
 __all__ = [
     "SCHEMA_VERSION", "CommittedKeys", "DiskFull", "FeatureStore", "ProvenanceMismatch", "StoreError", "StoreLocked", "StoreWriter", "StoredVideos",
     "VideoRecord", "check_compatible", "merge_stores", "open_store", "provenance_hash", "shard_paths", "write_store",
+    "Verification", "verify_store",
     "SequenceSource", "StorePath", "fits_in_memory", "load_xy", "pool", "select_keys",
 ]

@@ -17,7 +17,7 @@ import hashlib
 import json
 import os
 import time
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -757,3 +757,112 @@ def merge_stores(sources: Sequence[str | os.PathLike], out: str | os.PathLike, p
         out.parent.mkdir(parents=True, exist_ok=True)
         _write_file(out, merged, store.lengths(), store.record, store.failure_records())
         return len(store)
+
+
+# Verification ------------------------------------------------------------------------------------------
+VERIFY_CHUNK_ROWS = 65536  # rows read at a time when checking that every value is finite
+
+
+@dataclass
+class Verification:
+    """What ``verify_store`` found: problems make the store untrustworthy; notes are harmless leftovers."""
+
+    files: int = 0
+    videos: int = 0
+    rows: int = 0
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def verify_store(path: str | os.PathLike) -> Verification:
+    """Read a whole store (a file with its parts, or a directory of shards) once and check it: each file opens
+    as a complete store, its index fits its datasets without overlap, shapes and dtypes match its provenance,
+    every value is finite, all files were made the same way, and no video is in two shards."""
+    result = Verification()
+    owner: dict[str, Path] = {}
+    first: dict | None = None
+    for shard in _expand(Path(path)):
+        result.notes += [f"{tmp}: an unfinished write (the next writer removes it)"
+                         for tmp in [*shard.parent.glob(shard.name + ".tmp"), *parts_dir(shard).glob("*.tmp")]]
+        shard_keys: set[str] = set()
+        for file_path in _committed_files(shard):
+            try:
+                file = _File(file_path)
+            except StoreError as exc:
+                result.problems.append(str(exc))
+                continue
+            with closing(file):
+                result.files += 1
+                result.problems += [f"{file_path}: {problem}" for problem in _file_problems(file)]
+                first = first or file.attrs
+                try:
+                    check_compatible(first, file.attrs, str(file_path))
+                except ProvenanceMismatch as exc:
+                    result.problems.append(str(exc))
+                for key in file.keys:
+                    if key in owner and key not in shard_keys:
+                        result.problems.append(f"video {key!r} is in both {owner[key]} and {file_path}")
+                    owner[key] = file_path
+                shard_keys.update(file.keys)
+                result.rows += int(file.length.sum())
+    result.videos = len(owner)
+    if not result.files and not result.problems:
+        result.problems.append(f"no feature store at {path}")
+    return result
+
+
+def _file_problems(file: _File) -> list[str]:
+    """Index, shapes, dtypes and values of one committed file."""
+    h5, attrs = file.h5, file.attrs
+    total = int(h5["features"].shape[0])
+    problems = _index_problems(file, total)
+    expected = (total, int(attrs["feature_dim"]))
+    if h5["features"].shape != expected:
+        problems.append(f"features of shape {h5['features'].shape}, provenance says {expected}")
+    if h5["features"].dtype != np.dtype(attrs.get("dtype", "float16")):
+        problems.append(f"features stored as {h5['features'].dtype}, provenance says {attrs.get('dtype')}")
+    for name, dataset in h5.items():
+        if isinstance(dataset, h5py.Dataset) and dataset.shape[:1] != (total,):
+            problems.append(f"per-row dataset {name} has {dataset.shape[0]} rows, features have {total}")
+    if (attrs.get("rois") is not None) != ("roi_features" in h5):
+        problems.append("region datasets do not match the provenance's rois")
+    for name in ("features", "timestamps", *(n for n in ROI_DATASETS[:2] if n in h5)):
+        problems += _non_finite(file, name)
+    return problems
+
+
+def _index_problems(file: _File, total: int) -> list[str]:
+    """The /videos index: every range inside the datasets, no two overlapping, labels and splits valid."""
+    problems = []
+    start, length = file.start.astype(np.int64), file.length.astype(np.int64)
+    if (length < 0).any() or (start < 0).any() or (start + length > total).any():
+        problems.append("a video's rows lie outside the datasets")
+    order = np.argsort(start, kind="stable")
+    if (start[order][1:] < (start + length)[order][:-1]).any():
+        problems.append("two videos' rows overlap")
+    classes = file.attrs.get("classes") or []
+    if ((file.label < -1) | (file.label >= len(classes))).any():
+        problems.append(f"a label index outside the {len(classes)} classes")
+    n_folds = int(file.attrs.get("n_folds", 0))
+    if file.split.shape != (len(file.keys), n_folds) or not np.isin(file.split, list(SPLIT_NAMES)).all():
+        problems.append(f"split codes of shape {file.split.shape} or values outside {sorted(SPLIT_NAMES)}")
+    return problems
+
+
+def _non_finite(file: _File, name: str) -> list[str]:
+    """The videos with NaN or infinite values in dataset ``name``, read in chunks."""
+    dataset, bad_rows = file.h5[name], []
+    for begin in range(0, dataset.shape[0], VERIFY_CHUNK_ROWS):
+        chunk = dataset[begin:begin + VERIFY_CHUNK_ROWS]
+        finite = np.isfinite(chunk.reshape(len(chunk), -1)).all(axis=1)
+        bad_rows += (np.flatnonzero(~finite) + begin).tolist()
+    if not bad_rows:
+        return []
+    owners = np.searchsorted(file.start, bad_rows, side="right") - 1
+    keys = sorted({file.keys[i] for i in owners if 0 <= i < len(file.keys)})
+    return [f"{len(bad_rows)} row(s) of {name} are NaN or infinite, in {', '.join(keys[:5])}"
+            + (" ..." if len(keys) > 5 else "")]

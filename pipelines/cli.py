@@ -17,7 +17,7 @@ import click  # noqa: E402
 from vidfeat.extract.device import PRECISIONS  # noqa: E402
 from vidfeat.extract.runner import ExtractOptions  # noqa: E402
 from vidfeat.extract.video import Sampling  # noqa: E402
-from vidfeat.features.store import StoreError, merge_stores, open_store  # noqa: E402
+from vidfeat.features.store import StoreError, merge_stores, open_store, verify_store  # noqa: E402
 from vidfeat.pipelines import stages  # noqa: E402
 from vidfeat.pipelines.datasets import ADAPTERS, DatasetError  # noqa: E402
 from vidfeat.pipelines.scaleout import ClusterError, MissingDependency, ScaleOut  # noqa: E402
@@ -138,6 +138,22 @@ def features_info(stores) -> None:
             click.echo(stages.describe_store(store))
     except USER_ERRORS as exc:
         _fail(exc)
+
+
+@features.command("verify")
+@click.argument("store", type=click.Path(exists=True, path_type=Path))
+def features_verify(store) -> None:
+    """Read STORE (a file, or a directory of shards) once and check its index, shapes, dtypes, values and
+    parts; exit status 1 on any problem."""
+    result = verify_store(store)
+    for note in result.notes:
+        click.echo(f"note: {note}")
+    for problem in result.problems:
+        click.echo(f"PROBLEM: {problem}")
+    click.echo(f"{'ok' if result.ok else 'NOT OK'}: {result.files} file(s), {result.videos} video(s), "
+               f"{result.rows} row(s) checked, {len(result.problems)} problem(s)")
+    if not result.ok:
+        sys.exit(1)
 
 
 @features.command("merge")

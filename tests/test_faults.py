@@ -3,6 +3,7 @@ import subprocess
 from functools import partial
 from pathlib import Path
 
+import h5py
 import numpy as np
 import torch
 import torchvision
@@ -104,3 +105,15 @@ def test_infinite_features_and_float16_overflow_are_never_stored(tmp_path):
     assert wide.exit_code == 0, wide.output
     with open_store(tmp_path / "wide.h5") as store:
         assert np.isfinite(store.features("v")).all() and store.features("v").max() > np.finfo(np.float16).max
+
+
+def test_features_verify_exit_status(tmp_path):
+    video = VIDEO(tmp_path / "v.avi")
+    store = tmp_path / "s.h5"
+    assert extract(video, store).exit_code == 0
+    ok = CliRunner().invoke(main, ["features", "verify", str(store)])
+    assert ok.exit_code == 0 and ok.output.startswith("ok: 1 file(s), 1 video(s), 20 row(s) checked"), ok.output
+    with h5py.File(store, "r+") as f:
+        f["features"][3, 7] = np.inf
+    bad = CliRunner().invoke(main, ["features", "verify", str(store)])
+    assert bad.exit_code == 1 and "PROBLEM:" in bad.output and "NaN or infinite, in v" in bad.output

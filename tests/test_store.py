@@ -22,6 +22,7 @@ from vidfeat.features import (
     load_xy,
     merge_stores,
     open_store,
+    verify_store,
     write_store,
 )
 
@@ -281,3 +282,49 @@ def test_region_features_round_trip_with_masks(tmp_path):
     write_store(tmp_path / "plain.h5", [record("w", 3, 1)], PROVENANCE)
     with open_store(tmp_path / "plain.h5") as s:
         assert s.rois("w") is None
+
+
+def test_verify_passes_a_sound_store_and_names_each_kind_of_damage(tmp_path):
+    def fresh(name: str):
+        path = tmp_path / name
+        write_store(path, [record(k, 3 + i, i) for i, k in enumerate(HMDB_KEYS)], PROVENANCE)
+        return path
+
+    sound = verify_store(fresh("sound.h5"))
+    assert sound.ok and (sound.files, sound.videos, sound.rows) == (1, 6, sum(range(3, 9)))
+
+    nan = fresh("nan.h5")
+    with h5py.File(nan, "r+") as f:
+        f["features"][1] = np.nan  # inside the first video in key order (3 rows)
+    found = verify_store(nan)
+    assert not found.ok and "1 row(s) of features are NaN or infinite, in brush_hair/April_09" in found.problems[0]
+
+    overlap = fresh("overlap.h5")
+    with h5py.File(overlap, "r+") as f:
+        f["videos"]["start"][1] = 1
+    assert any("two videos' rows overlap" in p for p in verify_store(overlap).problems)
+
+    outside = fresh("outside.h5")
+    with h5py.File(outside, "r+") as f:
+        f["videos"]["length"][5] = 99
+    assert any("outside the datasets" in p for p in verify_store(outside).problems)
+
+    torn = fresh("torn.h5")
+    parts = torn.with_name(torn.name + ".parts")
+    parts.mkdir()
+    (parts / "part-1.h5").write_bytes(fresh("whole.h5").read_bytes()[:3000])  # a part cut short
+    (parts / "part-2.h5.tmp").write_bytes(b"unfinished")
+    result = verify_store(torn)
+    assert any("cannot open feature store" in p and "part-1.h5" in p for p in result.problems)
+    assert any("part-2.h5.tmp: an unfinished write" in n for n in result.notes)
+
+
+def test_verify_refuses_shards_that_overlap_or_differ(tmp_path):
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    write_store(shards / "a.h5", [record(HMDB_KEYS[0], 3, 0)], PROVENANCE)
+    write_store(shards / "b.h5", [record(HMDB_KEYS[0], 3, 0)], PROVENANCE)
+    write_store(shards / "c.h5", [record(HMDB_KEYS[1], 3, 0)], {**PROVENANCE, "weights": "sha256:def"})
+    problems = verify_store(shards).problems
+    assert any(f"video {HMDB_KEYS[0]!r} is in both" in p for p in problems)
+    assert any("weights:" in p and "refusing to mix" in p for p in problems)
