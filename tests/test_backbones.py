@@ -10,13 +10,8 @@ import pytest
 import torch
 import torchvision
 
-from vidfeat.extract.backbones import (
-    LITE0_PREPROCESSING,
-    WeightsError,
-    WeightsNotFound,
-    create_backbone,
-    list_backbones,
-)
+from vidfeat.extract.backbones import LITE0_PREPROCESSING, create_backbone, list_backbones
+from vidfeat.extract.weights import WeightsError, WeightsNotFound
 from vidfeat.extract.efficientnet_lite import efficientnet_lite0
 
 CYCLING = {"mountain bike", "bicycle-built-for-two", "tricycle", "unicycle", "jinrikisha", "moped", "motor scooter"}

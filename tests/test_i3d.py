@@ -9,7 +9,8 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from vidfeat.extract.backbones import WeightsError, WeightsNotFound, create_backbone
+from vidfeat.extract.backbones import create_backbone
+from vidfeat.extract.weights import WeightsError, WeightsNotFound
 from vidfeat.extract.i3d import InceptionI3d, piergiaj_key_map, random_i3d, same_padding
 from vidfeat.extract.video_models import ClipBackbone
 

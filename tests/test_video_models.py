@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 
 import pytest
 import torch
@@ -9,13 +10,9 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from vidfeat.extract.backbones import WeightsNotFound, create_backbone, list_backbones
-from vidfeat.extract.video_models import (
-    ClipBackbone,
-    create_clip_backbone,
-    list_clip_backbones,
-    trained_window,
-)
+from vidfeat.extract.backbones import create_backbone, list_backbones
+from vidfeat.extract.video_models import ClipBackbone, create_clip_backbone, list_clip_backbones
+from vidfeat.extract.weights import WeightsNotFound
 
 KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
 # name: clip_len, frame_rate (torchvision's docs for each KINETICS400_V1), resize, crop, mean, feature dim
@@ -43,7 +40,8 @@ def test_every_clip_backbone_is_reachable_through_create_backbone():
 def test_window_and_preprocessing_come_from_the_weights(name):
     clip_len, frame_rate, resize, crop, mean, dim = EXPECTED[name]
     weights = torchvision.models.get_model_weights(name).DEFAULT
-    assert trained_window(weights) == (clip_len, frame_rate)
+    docs = weights.meta["_docs"]  # the sentence torchvision's docs print; TRAINED_WINDOWS must agree with it
+    assert f"clip_len={clip_len}" in docs and re.search(rf"frame_rate={frame_rate:g}\b", docs)
     backbone = create_backbone(name, "none")
     assert isinstance(backbone, ClipBackbone) and backbone.kind == "clip"
     assert (backbone.clip_len, backbone.default_stride, backbone.frame_rate) == (clip_len, clip_len // 2, frame_rate)
