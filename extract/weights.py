@@ -174,7 +174,8 @@ def resolve_weights(
         return record.fetch(), record.weights_id, remedy or (
             f"delete it to fetch it again, or pass --weights FILE (a state_dict for {backbone}) or --weights none")
     remedy = remedy or (
-        f"pass a state_dict for {backbone} saved with torch.save(model.state_dict(), FILE), or --weights none")
+        f"pass a weights name of {backbone} (see `vidfeat backbones`), a state_dict for it saved with "
+        "torch.save(model.state_dict(), FILE), or --weights none")
     path = Path(str(weights))
     if not path.is_file():
         what = "is a directory" if path.is_dir() else "does not exist"

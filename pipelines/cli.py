@@ -172,6 +172,12 @@ def features_merge(out, shards) -> None:
 
 
 @main.command()
+def backbones() -> None:
+    """Every backbone and its pretrained weights (--weights NAME), and whether each is available offline here."""
+    click.echo(stages.describe_backbones())
+
+
+@main.command()
 def datasets() -> None:
     """List the dataset adapters and the layouts they expect."""
     for adapter in ADAPTERS.values():

