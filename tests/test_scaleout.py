@@ -100,24 +100,6 @@ def assert_same_store(actual: Path, expected: Path) -> None:
         assert [os.path.basename(s) for s, _ in a.failures()] == [os.path.basename(s) for s, _ in e.failures()]
 
 
-def test_local_cluster_of_two_workers_makes_the_single_process_store(hmdb, reference_per_worker, tmp_path):
-    out, merged = tmp_path / "shards", tmp_path / "merged.h5"
-    result = run_cli(*extract_args(hmdb, out, "--cluster", "local:2", "--merge", merged))
-    assert result.exit_code == 0, result.output
-    assert f"{VIDEOS} extracted now" in result.output and "1 failed" in result.output
-    assert "worker 0:" in result.output and "worker 1:" in result.output
-    assert [p.name for p in shard_paths(out)] == ["shard-0.h5", "shard-1.h5"]
-    assert not list(out.glob("*.parts")), "closing each worker's writer merges its parts"
-    assert_same_store(out, reference_per_worker)
-    assert_same_store(merged, reference_per_worker)
-
-    info = run_cli("features", "info", out)
-    assert info.exit_code == 0 and f"videos: {VIDEOS}" in info.output and "failures: 1" in info.output
-
-    again = run_cli(*extract_args(hmdb, out, "--cluster", "local:2"))
-    assert again.exit_code == 0 and f"0 extracted now, {VIDEOS} already stored" in again.output, again.output
-
-
 def test_a_worker_killed_mid_run_costs_nothing(hmdb, reference_per_worker, tmp_path):
     """kill -9 of a worker once it has committed a task: Dask reruns its task elsewhere, the committed videos
     are skipped there, and the store ends up with every video exactly once."""
@@ -136,8 +118,10 @@ def test_a_worker_killed_mid_run_costs_nothing(hmdb, reference_per_worker, tmp_p
     assert_same_store(out, reference_per_worker)
 
 
-def test_an_interrupted_cluster_run_resumes_without_redoing_anything(hmdb, reference_per_worker, tmp_path):
-    out = tmp_path / "shards"
+def test_an_interrupted_cluster_run_resumes_into_the_single_process_store(hmdb, reference_per_worker, tmp_path):
+    """Ctrl-C a `--cluster local:2` run, then rerun it: nothing done is redone, the two workers' shards read as
+    (and --merge makes) exactly the single-process store, and a third run has nothing left to do."""
+    out, merged = tmp_path / "shards", tmp_path / "merged.h5"
     run = cli_process(*extract_args(hmdb, out, "--cluster", "local:2", "--videos-per-task", "1"))
     wait_for(lambda: len(committed_parts(out)) >= 2)
     run.send_signal(signal.SIGINT)
@@ -147,24 +131,39 @@ def test_an_interrupted_cluster_run_resumes_without_redoing_anything(hmdb, refer
         stored = len(store)
     assert 0 < stored < VIDEOS
 
-    again = run_cli(*extract_args(hmdb, out, "--cluster", "local:2"))
+    again = run_cli(*extract_args(hmdb, out, "--cluster", "local:2", "--merge", merged))
     assert again.exit_code == 0, again.output
-    assert f"{VIDEOS - stored} extracted now, {stored} already stored" in again.output
+    assert f"{VIDEOS - stored} extracted now, {stored} already stored, 1 failed" in again.output
+    assert "worker 0:" in again.output and "worker 1:" in again.output
+    assert [p.name for p in shard_paths(out)] == ["shard-0.h5", "shard-1.h5"]
+    assert not list(out.glob("*.parts")), "closing each worker's writer merges its parts"
     assert_same_store(out, reference_per_worker)
+    assert_same_store(merged, reference_per_worker)
+
+    info = run_cli("features", "info", out)
+    assert info.exit_code == 0 and f"videos: {VIDEOS}" in info.output and "failures: 1" in info.output
+    done = run_cli(*extract_args(hmdb, out, "--cluster", "local:2"))
+    assert done.exit_code == 0 and f"0 extracted now, {VIDEOS} already stored" in done.output, done.output
 
 
-def test_two_array_jobs_make_the_unsharded_store(hmdb, reference, tmp_path):
-    out = tmp_path / "array"
+@pytest.fixture(scope="module")
+def array_store(hmdb, tmp_path_factory) -> Path:
+    """The directory two --shard array jobs write."""
+    out = tmp_path_factory.mktemp("array") / "shards"
     for shard in ("1/2", "2/2"):
         result = run_cli(*extract_args(hmdb, out, "--shard", shard))
         assert result.exit_code == 0, result.output
-    shards = shard_paths(out)
+    return out
+
+
+def test_two_array_jobs_make_the_unsharded_store(hmdb, reference, array_store):
+    shards = shard_paths(array_store)
     assert [p.name for p in shards] == ["shard-1-of-2.h5", "shard-2-of-2.h5"]
     with open_store(shards[0]) as first, open_store(shards[1]) as second:
         assert first.keys() and second.keys() and not set(first.keys()) & set(second.keys())
-    assert_same_store(out, reference)
+    assert_same_store(array_store, reference)
 
-    again = run_cli(*extract_args(hmdb, out, "--shard", "2/2"))
+    again = run_cli(*extract_args(hmdb, array_store, "--shard", "2/2"))
     assert "0 extracted now" in again.output, again.output
 
 
@@ -177,10 +176,8 @@ def test_a_shard_made_differently_is_refused_naming_the_field(hmdb, tmp_path):
     assert [p.name for p in shard_paths(out)] == ["shard-1-of-2.h5"]
 
 
-def test_training_on_the_shard_directory_equals_training_on_the_merged_file(hmdb, tmp_path):
-    out, merged = tmp_path / "array", tmp_path / "merged.h5"
-    for shard in ("1/2", "2/2"):
-        assert run_cli(*extract_args(hmdb, out, "--shard", shard)).exit_code == 0
+def test_training_on_the_shard_directory_equals_training_on_the_merged_file(array_store, tmp_path):
+    out, merged = array_store, tmp_path / "merged.h5"
     assert run_cli("features", "merge", merged, out).exit_code == 0
     runs = {}
     for name, store in (("dir", out), ("file", merged)):
