@@ -30,12 +30,16 @@ USER_ERRORS = (StoreError, DatasetError, ClusterError, MissingDependency, ValueE
 
 
 def _fail(exc: Exception) -> None:
+    """One clear line; with ``vidfeat --debug`` the exception itself, traceback and all (for a bug report)."""
+    if click.get_current_context().find_root().params.get("debug"):
+        raise exc
     raise click.ClickException(str(exc)) from exc
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="vidfeat")
-def main() -> None:
+@click.option("--debug", is_flag=True, help="Show errors with their full traceback.")
+def main(debug: bool) -> None:
     """Cache video features once (extract), then train temporal heads on them in seconds."""
 
 

@@ -117,3 +117,12 @@ def test_features_verify_exit_status(tmp_path):
         f["features"][3, 7] = np.inf
     bad = CliRunner().invoke(main, ["features", "verify", str(store)])
     assert bad.exit_code == 1 and "PROBLEM:" in bad.output and "NaN or infinite, in v" in bad.output
+
+
+def test_debug_shows_the_traceback_of_an_error(tmp_path):
+    args = ["extract", str(tmp_path / "nothing here"), "--out", str(tmp_path / "s.h5")]
+    plain = CliRunner().invoke(main, args)
+    assert plain.exit_code == 1 and plain.output.startswith("Error: ") and plain.exc_info[0] is SystemExit
+    debug = CliRunner().invoke(main, ["--debug", *args])
+    assert debug.exit_code == 1 and not isinstance(debug.exception, SystemExit)
+    assert debug.exc_info[2] is not None  # the original exception, with its traceback
