@@ -85,6 +85,58 @@ class VideoRecord:
             raise StoreError(f"{self.key!r}: timestamps/frame_indices must have {n} rows like the features")
 
 
+@dataclass
+class Rows:
+    """Rows of many videos in one array, video ``i`` being ``data[starts[i]:starts[i] + lengths[i]]``.
+
+    One array lets a batch of sampled steps be gathered with a single indexing operation. When ``data`` is a memory
+    map of a ``.npy`` file (:meth:`share`), pickling sends the file name, not the rows, so worker processes map the
+    same pages instead of each holding a copy.
+    """
+
+    data: np.ndarray
+    starts: np.ndarray
+    lengths: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def video(self, i: int) -> np.ndarray:
+        start = int(self.starts[i])
+        return self.data[start:start + int(self.lengths[i])]
+
+    def take(self, picked: Sequence[int]) -> "Rows":
+        """The rows of some of the videos, sharing ``data``."""
+        picked = np.asarray(picked, dtype=np.int64)
+        return Rows(self.data, self.starts[picked], self.lengths[picked])
+
+    def gather(self, videos: Sequence[int], steps: Sequence[np.ndarray]) -> np.ndarray:
+        """``[sum of len(steps), ...]``: steps ``steps[j]`` of video ``videos[j]``, concatenated, in one read."""
+        index = np.concatenate([self.starts[v] + s for v, s in zip(videos, steps)]) if len(videos) else []
+        return self.data[np.asarray(index, dtype=np.int64)]
+
+    @classmethod
+    def from_arrays(cls, arrays: Sequence[np.ndarray]) -> "Rows":
+        lengths = np.array([len(a) for a in arrays], dtype=np.int64)
+        return cls(np.concatenate(arrays), np.cumsum(lengths) - lengths, lengths)
+
+    def share(self, path: Path) -> "Rows":
+        """The same rows memory-mapped from ``path`` (written here as ``.npy``), for processes to share."""
+        np.save(path, np.ascontiguousarray(self.data))
+        return Rows(np.load(path, mmap_mode="r"), self.starts, self.lengths)
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        if isinstance(self.data, np.memmap):
+            state["data"] = Path(self.data.filename)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        if isinstance(state["data"], Path):
+            state["data"] = np.load(state["data"], mmap_mode="r")
+        self.__dict__.update(state)
+
+
 def _canonical(value: object) -> str:
     """JSON with sorted keys: tuples and lists, or dicts in another order, compare equal as they do on disk."""
     return json.dumps(value, sort_keys=True)
@@ -336,16 +388,23 @@ class FeatureStore:
     def failure_records(self) -> list[tuple[str, str, str]]:
         return [(key, *self._failures[key]) for key in sorted(self._failures)]
 
-    def load_all(self, keys: Sequence[str] | None = None) -> list[np.ndarray]:
-        """Bulk read: one sequential read per file instead of one per video."""
+    def load_rows(self, keys: Sequence[str] | None = None, name: str = "features") -> Rows:
+        """Bulk read of per-row dataset ``name`` (``features`` or a region dataset) of ``keys``: one sequential read
+        per file that holds any of them, kept as one array instead of one per video."""
         keys = self.keys() if keys is None else list(keys)
-        whole = {id(f): f.h5["features"][:] for f in self._files if keys}
-        out = []
-        for key in keys:
-            file, i = self._locate(key)
-            start = int(file.start[i])
-            out.append(whole[id(file)][start:start + int(file.length[i])])
-        return out
+        located = [self._locate(key) for key in keys]
+        files = list({id(file): file for file, _ in located}.values())
+        parts = [file.h5[name][:] for file in files]
+        offset = dict(zip(map(id, files), np.cumsum([0] + [len(p) for p in parts[:-1]], dtype=np.int64)))
+        data = parts[0] if len(parts) == 1 else np.concatenate(parts) if parts else np.zeros((0,), np.float32)
+        starts = np.array([offset[id(file)] + int(file.start[i]) for file, i in located], dtype=np.int64)
+        lengths = np.array([int(file.length[i]) for file, i in located], dtype=np.int64)
+        return Rows(data, starts, lengths)
+
+    def load_all(self, keys: Sequence[str] | None = None) -> list[np.ndarray]:
+        """Bulk read (see :meth:`load_rows`), one array view per video."""
+        rows = self.load_rows(keys)
+        return [rows.video(i) for i in range(len(rows))]
 
     # Provenance -----------------------------------------------------------------------------------------
     @property

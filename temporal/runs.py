@@ -428,7 +428,7 @@ def predict_sequences(
         mode=sampling["mode"],
         train=False,
         num_clips=sampling["eval_clips"],
-        regions=RegionSource(source.keys, arrays=regions) if uses_regions(config["head"]) else None,
+        regions=RegionSource.from_arrays(regions, source.keys) if uses_regions(config["head"]) else None,
     )
     return predict_proba(model, dataset, device=next(model.parameters()).device)
 
