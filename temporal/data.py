@@ -47,28 +47,43 @@ def carve_validation(
     return [k for i, k in enumerate(keys) if i not in chosen], [k for i, k in enumerate(keys) if i in chosen]
 
 
-def fold_split(store: FeatureStore, fold: int = 1, val_fraction: float = 0.15, seed: int = 0) -> FoldSplit:
-    """Train/val/test keys of ``fold``; validation is the dataset's own when it has one, else carved from train.
+SPLIT_PARTS = ("train", "val", "test")
 
-    Unlabelled videos and videos the fold does not use are left out.
-    """
+
+def fold_parts(store: FeatureStore, fold: int) -> dict[str, list[str]]:
+    """The labelled keys of each part (train, val, test) of ``fold``, as the store records them."""
     if store.n_folds == 0:
         raise ValueError(
             "this store has no train/test splits (n_folds=0), so there is nothing to train and score on; "
             "extract a dataset with splits (hmdb51, ucf101, a list file with a split column, folder, sample)"
         )
-    parts = {name: select_keys(store, name, fold) for name in ("train", "val", "test")}
+    parts = {name: select_keys(store, name, fold) for name in SPLIT_PARTS}
     for name in ("train", "test"):
         if not parts[name]:
             raise ValueError(
                 f"fold {fold} of this store has no labelled {name} videos; check the dataset's split files"
             )
+    return parts
+
+
+def split_parts(parts: dict[str, list[str]], labels: dict[str, int], val_fraction: float, seed: int) -> FoldSplit:
+    """A fold's split from its recorded parts: validation is the dataset's own when it has one, else carved
+    (stratified, seeded) from train."""
     if parts["val"]:
         return FoldSplit(parts["train"], parts["val"], parts["test"], "dataset")
     if val_fraction <= 0:
         return FoldSplit(parts["train"], [], parts["test"], "none")
-    train, val = carve_validation(parts["train"], class_indices(store, parts["train"]), val_fraction, seed)
+    train, val = carve_validation(parts["train"], [labels[k] for k in parts["train"]], val_fraction, seed)
     return FoldSplit(train, val, parts["test"], "carved" if val else "none")
+
+
+def fold_split(store: FeatureStore, fold: int = 1, val_fraction: float = 0.15, seed: int = 0) -> FoldSplit:
+    """Train/val/test keys of ``fold``; validation is the dataset's own when it has one, else carved from train.
+
+    Unlabelled videos and videos the fold does not use are left out.
+    """
+    parts = fold_parts(store, fold)
+    return split_parts(parts, dict(zip(parts["train"], class_indices(store, parts["train"]))), val_fraction, seed)
 
 
 Regions = tuple[np.ndarray, np.ndarray, np.ndarray]
