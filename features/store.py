@@ -33,7 +33,7 @@ IDENTITY_FIELDS = (
     "kind", "backbone", "weights", "feature_dim", "dtype", "preprocessing", "sampling", "window", "rois",
     "dataset", "classes", "n_folds",
 )
-_JSON_FIELDS = ("preprocessing", "sampling", "window", "rois", "classes", "software")
+_JSON_FIELDS = ("preprocessing", "sampling", "window", "rois", "classes", "software", "imported")
 _STR = h5py.string_dtype("utf-8")
 # Per-row region datasets, present when the store was extracted with --rois.
 ROI_DATASETS = ("roi_features", "boxes", "roi_mask")

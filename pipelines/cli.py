@@ -18,6 +18,7 @@ import click  # noqa: E402
 from vidfeat.extract.device import PRECISIONS  # noqa: E402
 from vidfeat.extract.runner import ExtractOptions  # noqa: E402
 from vidfeat.extract.video import Sampling  # noqa: E402
+from vidfeat.features import interop  # noqa: E402
 from vidfeat.features.store import StoreError, merge_stores, open_store  # noqa: E402
 from vidfeat.pipelines import stages  # noqa: E402
 from vidfeat.pipelines.datasets import ADAPTERS, DatasetError  # noqa: E402
@@ -137,6 +138,46 @@ def features_merge(out, shards) -> None:
     except USER_ERRORS as exc:
         _fail(exc)
     click.echo(f"merged {n} videos from {len(shards)} shard(s) into {out}")
+
+
+@features.command("import")
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Feature store (.h5) to create.")
+@click.option("--labels", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="CSV with header video,label[,split]; video is the file stem.")
+@click.option("--dataset", help="Or label the videos with a dataset adapter (matched by file stem).")
+@click.option("--data-root", type=click.Path(path_type=Path), help="Root directory of --dataset.")
+@click.option("--list", "list_file", type=click.Path(path_type=Path), help="List/CSV file for the `list` dataset.")
+@click.option("--feature-type", help="The <key> of <video>_<key>.npy to import (default: the only one there).")
+@click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,
+              help="Stored feature dtype.")
+def features_import(folder, out, labels, dataset, data_root, list_file, feature_type, dtype) -> None:
+    """Build a store from per-video .npy/.pkl feature files in video_features' layout (FOLDER/<video>_<key>.npy,
+    with <video>_timestamps_ms and <video>_fps where present)."""
+    try:
+        summary = stages.import_features(folder, out, labels=labels, dataset=dataset, data_root=data_root,
+                                         list_file=list_file, feature_type=feature_type, dtype=dtype)
+    except USER_ERRORS as exc:
+        _fail(exc)
+    click.echo(f"imported {summary.videos} videos of {summary.feature_type!r} features ({summary.feature_dim}-d) "
+               f"from {folder} into {out}")
+    if summary.unmatched_labels:
+        click.echo(f"{len(summary.unmatched_labels)} labelled video(s) have no feature file, e.g. "
+                   f"{summary.unmatched_labels[0]!r}", err=True)
+
+
+@features.command("export")
+@click.argument("store", type=click.Path(exists=True, path_type=Path))
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder to write.")
+@click.option("--format", "fmt", type=click.Choice(interop.FORMATS), default="npy", show_default=True)
+@click.option("--feature-type", help="The <key> in <video>_<key>.npy (default: the imported type, else the backbone).")
+def features_export(store, out, fmt, feature_type) -> None:
+    """Write a store's features as per-video files in video_features' layout, plus labels.csv."""
+    try:
+        n = interop.export_features(store, out, feature_type=feature_type, fmt=fmt)
+    except USER_ERRORS as exc:
+        _fail(exc)
+    click.echo(f"exported {n} videos from {store} to {out}")
 
 
 @main.command()
