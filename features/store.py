@@ -221,6 +221,15 @@ class _File:
             if failures is not None else []
         )
 
+    def read_all(self, name: str) -> np.ndarray:
+        """All rows of dataset ``name``. A contiguous dataset (what the writer makes) is read straight from the file at
+        its offset, in one read: through h5py the same read of float16 rows takes several times longer."""
+        dataset = self.h5[name]
+        offset = dataset.id.get_offset()
+        if offset is None or dataset.chunks is not None:
+            return dataset[:]
+        return np.fromfile(self.path, dtype=dataset.dtype, count=dataset.size, offset=offset).reshape(dataset.shape)
+
     def rows(self, name: str, i: int) -> np.ndarray:
         start = int(self.start[i])
         return self.h5[name][start:start + int(self.length[i])]
@@ -394,7 +403,7 @@ class FeatureStore:
         keys = self.keys() if keys is None else list(keys)
         located = [self._locate(key) for key in keys]
         files = list({id(file): file for file, _ in located}.values())
-        parts = [file.h5[name][:] for file in files]
+        parts = [file.read_all(name) for file in files]
         offset = dict(zip(map(id, files), np.cumsum([0] + [len(p) for p in parts[:-1]], dtype=np.int64)))
         data = parts[0] if len(parts) == 1 else np.concatenate(parts) if parts else np.zeros((0,), np.float32)
         starts = np.array([offset[id(file)] + int(file.start[i]) for file, i in located], dtype=np.int64)

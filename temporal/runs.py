@@ -226,9 +226,11 @@ class RunData:
         return replace(self, source=self.source.share(directory), regions=regions)
 
 
-def _region_options(rois: dict, head: str, options: dict, config: TrainConfig) -> dict:
+def _region_options(data: RunData, head: str, options: dict, config: TrainConfig) -> dict:
     """A region head's options completed with the store's RoI feature size."""
-    roi_dim = int(rois["feature_dim"])
+    if data.regions is None:
+        raise ValueError(f"head {head!r} needs region features, but the loaded data holds none; load it with regions")
+    roi_dim = int(data.rois["feature_dim"])
     if options.get("roi_dim") not in (None, roi_dim):
         raise ValueError(f"roi_dim={options['roi_dim']} was given, but the store's region features are {roi_dim}-d")
     if config.mixup > 0:
@@ -289,6 +291,16 @@ def run_finished(run_dir: str | Path) -> bool:
     return (Path(run_dir) / METRICS).exists() and (Path(run_dir) / CONFIG).exists()
 
 
+def _split_record(split: FoldSplit) -> dict:
+    return {"val_source": split.val_source,
+            "split_sizes": {"train": len(split.train), "val": len(split.val), "test": len(split.test)}}
+
+
+def _features_record(features_path: StorePath, data: RunData) -> dict:
+    return {"path": resolve_store_path(features_path), "provenance": data.provenance,
+            "provenance_hash": data.provenance_hash}
+
+
 def train_run(
     features_path: StorePath,
     head: str,
@@ -317,21 +329,17 @@ def train_run(
     Returns the comparison row (see :func:`compare_runs`).
     """
     out_dir = Path(out_dir)
-    config = TrainConfig.from_options({**training_defaults(head), **(train_options or {})})
-    config.seed = seed
-    if epochs is not None:
-        config.epochs = epochs
+    shortcuts = {"seed": seed, **({"epochs": epochs} if epochs is not None else {})}
+    config = TrainConfig.from_options({**training_defaults(head), **(train_options or {}), **shortcuts})
     options = resolve_options(head, head_options)
     sampling = {"mode": "all" if head == "logreg" else sample_mode, "segments": segments, "eval_clips": eval_clips}
     check_sampling(sampling["mode"], segments, eval_clips)
     device = torch.device(device) if device else default_device()
     _refuse_existing(out_dir)
-    if data is None:
-        data = RunData.load(features_path, [fold], regions_for=head if uses_regions(head) else None, in_memory=in_memory)
-    elif uses_regions(head) and data.regions is None:
-        raise ValueError(f"head {head!r} needs region features, but the loaded data holds none; load it with regions")
-    if uses_regions(head):
-        options = _region_options(data.rois, head, options, config)
+    regions_for = head if uses_regions(head) else None
+    data = data or RunData.load(features_path, [fold], regions_for=regions_for, in_memory=in_memory)
+    if regions_for:
+        options = _region_options(data, head, options, config)
     split = data.split(fold, val_fraction, seed)
     regions = data.regions if uses_regions(head) else None
     sets = [
@@ -346,13 +354,8 @@ def train_run(
     run_config = {
         "format": RUN_FORMAT, "head": head, "head_options": options, "input_dim": data.input_dim,
         "num_classes": len(data.classes), "classes": data.classes, "fold": fold, "sampling": sampling,
-        "training": fitted.training, "seed": seed, "val_fraction": val_fraction, "val_source": split.val_source,
-        "split_sizes": {"train": len(split.train), "val": len(split.val), "test": len(split.test)},
-        "features": {
-            "path": resolve_store_path(features_path), "provenance": data.provenance,
-            "provenance_hash": data.provenance_hash,
-        },
-        "software": _software(), "device": str(device),
+        "training": fitted.training, "seed": seed, "val_fraction": val_fraction, **_split_record(split),
+        "features": _features_record(features_path, data), "software": _software(), "device": str(device),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "checkpoint": CHECKPOINT,
     }
     metrics.update(
