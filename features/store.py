@@ -90,8 +90,8 @@ class Rows:
     """Rows of many videos in one array, video ``i`` being ``data[starts[i]:starts[i] + lengths[i]]``.
 
     One array lets a batch of sampled steps be gathered with a single indexing operation. When ``data`` is a memory
-    map of a ``.npy`` file (:meth:`share`), pickling sends the file name, not the rows, so worker processes map the
-    same pages instead of each holding a copy.
+    map (of a store file, or of a ``.npy`` file written by :meth:`share`), pickling sends the file name and offset,
+    not the rows, so worker processes map the same pages instead of each holding a copy.
     """
 
     data: np.ndarray
@@ -121,20 +121,40 @@ class Rows:
         return cls(np.concatenate(arrays), np.cumsum(lengths) - lengths, lengths)
 
     def share(self, path: Path) -> "Rows":
-        """The same rows memory-mapped from ``path`` (written here as ``.npy``), for processes to share."""
+        """The same rows written to ``path`` as ``.npy`` and memory-mapped from there, for processes to share: a
+        private snapshot, which a store file replaced meanwhile (a resumed extraction merging) cannot change."""
         np.save(path, np.ascontiguousarray(self.data))
         return Rows(np.load(path, mmap_mode="r"), self.starts, self.lengths)
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         if isinstance(self.data, np.memmap):
-            state["data"] = Path(self.data.filename)
+            data, stat = self.data, os.stat(self.data.filename)
+            state["data"] = _Mapped(Path(data.filename), data.offset, data.dtype.str, data.shape,
+                                    (stat.st_size, stat.st_mtime_ns))
         return state
 
     def __setstate__(self, state: dict) -> None:
-        if isinstance(state["data"], Path):
-            state["data"] = np.load(state["data"], mmap_mode="r")
+        if isinstance(state["data"], _Mapped):
+            mapped = state["data"]
+            stat = os.stat(mapped.path)
+            if (stat.st_size, stat.st_mtime_ns) != mapped.identity:
+                raise StoreError(f"{mapped.path} was replaced after its rows were mapped; load the store again")
+            state["data"] = np.memmap(mapped.path, dtype=mapped.dtype, mode="r", offset=mapped.offset,
+                                      shape=mapped.shape)
         self.__dict__.update(state)
+
+
+@dataclass
+class _Mapped:
+    """Where a memory-mapped array lives, which is all that a pickled :class:`Rows` carries of it, and the file's
+    size and mtime then, so that a file replaced since is refused instead of read at stale offsets."""
+
+    path: Path
+    offset: int
+    dtype: str
+    shape: tuple[int, ...]
+    identity: tuple[int, int]
 
 
 def _canonical(value: object) -> str:
@@ -222,13 +242,15 @@ class _File:
         )
 
     def read_all(self, name: str) -> np.ndarray:
-        """All rows of dataset ``name``. A contiguous dataset (what the writer makes) is read straight from the file at
-        its offset, in one read: through h5py the same read of float16 rows takes several times longer."""
+        """All rows of dataset ``name``. A contiguous dataset (what the writer makes) is memory-mapped, read-only, at
+        its offset in the file: no copy, the pages are the page cache's, shared by every process that maps the file,
+        and valid for as long as the mapping lives because a store file is never modified in place. Copying the
+        rows instead costs the first touch of as much fresh memory, and h5py's float16 read several times more."""
         dataset = self.h5[name]
         offset = dataset.id.get_offset()
         if offset is None or dataset.chunks is not None:
             return dataset[:]
-        return np.fromfile(self.path, dtype=dataset.dtype, count=dataset.size, offset=offset).reshape(dataset.shape)
+        return np.memmap(self.path, dtype=dataset.dtype, mode="r", offset=offset, shape=dataset.shape)
 
     def rows(self, name: str, i: int) -> np.ndarray:
         start = int(self.start[i])
@@ -405,7 +427,7 @@ class FeatureStore:
         files = list({id(file): file for file, _ in located}.values())
         parts = [file.read_all(name) for file in files]
         offset = dict(zip(map(id, files), np.cumsum([0] + [len(p) for p in parts[:-1]], dtype=np.int64)))
-        data = parts[0] if len(parts) == 1 else np.concatenate(parts) if parts else np.zeros((0,), np.float32)
+        data = parts[0] if len(parts) == 1 else np.concatenate(parts) if parts else self._files[0].h5[name][:0]
         starts = np.array([offset[id(file)] + int(file.start[i]) for file, i in located], dtype=np.int64)
         lengths = np.array([int(file.length[i]) for file, i in located], dtype=np.int64)
         return Rows(data, starts, lengths)

@@ -2,6 +2,9 @@
 resumed after an interruption, then ranked by `compare`."""
 import csv
 import json
+import pickle
+
+import numpy as np
 
 import pytest
 from click.testing import CliRunner
@@ -109,6 +112,17 @@ def test_compare_ranks_configurations_and_writes_the_table_and_plot(swept, tmp_p
     assert (swept["out"] / runs.COMPARISON_PLOT).stat().st_size > 10_000
     cli("compare", *run_dirs(swept["out"])[:2], "--out", tmp_path / "two")
     assert (tmp_path / "two" / runs.COMPARISON_CSV).exists()
+
+
+def test_shared_rows_travel_to_workers_as_a_file_name(sample_store, tmp_path):
+    data = runs.RunData.load(sample_store, [1], in_memory=True)
+    shared = data.share(tmp_path)
+    blob = pickle.dumps(shared)
+    rows_bytes = sum(data.source.get(i).nbytes for i in range(len(data.source)))
+    assert len(blob) < rows_bytes / 20  # what a worker receives is the metadata and a file name, not the rows
+    received = pickle.loads(blob)
+    assert isinstance(received.source.get(3), np.memmap)
+    np.testing.assert_array_equal(received.source.get(3), data.source.get(3))
 
 
 def test_a_directory_swept_with_another_grid_is_refused(swept, sample_store):
