@@ -1,9 +1,10 @@
 """Loaders that turn a feature store into training data: pooled (X, y) for scikit-learn, and a torch Dataset
 of variable-length sequences.
 
-A store is read into memory in one bulk read when it fits (an HDF5 cache of HMDB51 size does: 6,766 x 64 x
-2048 fp16 is 1.8 GB), otherwise lazily with one HDF5 handle per DataLoader worker, because h5py handles must
-not cross process boundaries.
+A store is taken in whole when it fits in memory (an HDF5 cache of HMDB51 size does: 6,766 x 64 x 2048 fp16 is
+1.8 GB) - memory-mapped, so the page cache holds it once for every process (see ``FeatureStore.load_rows``) -
+otherwise read lazily with one HDF5 handle per DataLoader worker, because h5py handles must not cross process
+boundaries.
 """
 from __future__ import annotations
 
