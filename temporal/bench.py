@@ -121,7 +121,7 @@ def _training_set(path: Path, args, regions: bool) -> SequenceDataset:
     start = time.perf_counter()
     source = SequenceSource.from_store(path, keys, in_memory=True)
     region_source = RegionSource.from_store(path, keys, in_memory=True) if regions else None
-    print(f"  fold-1 train split ({len(keys)} videos) loaded into memory in {time.perf_counter() - start:.1f} s")
+    print(f"  fold-1 train split ({len(keys)} videos) loaded (memory-mapped) in {time.perf_counter() - start:.1f} s")
     return SequenceDataset(source, labels, segments=args.segments, mode=args.sample_mode, train=True,
                            regions=region_source)
 
