@@ -112,7 +112,7 @@ def extract(inputs, out, dataset, data_root, list_file, backbone, weights, fps, 
 
 @main.group()
 def features() -> None:
-    """Inspect and combine feature stores."""
+    """Inspect, combine, import and export feature stores."""
 
 
 @features.command("info")
