@@ -5,6 +5,7 @@ from vidfeat.features.store import (
     DiskFull,
     FeatureStore,
     ProvenanceMismatch,
+    Rows,
     StoreError,
     StoreLocked,
     StoreWriter,
@@ -22,8 +23,8 @@ from vidfeat.features.store import (
 from vidfeat.features.loaders import SequenceSource, StorePath, fits_in_memory, load_xy, pool, select_keys
 
 __all__ = [
-    "SCHEMA_VERSION", "CommittedKeys", "DiskFull", "FeatureStore", "ProvenanceMismatch", "StoreError", "StoreLocked", "StoreWriter", "StoredVideos",
-    "VideoRecord", "check_compatible", "merge_stores", "open_store", "provenance_hash", "shard_paths", "write_store",
-    "Verification", "verify_store",
+    "SCHEMA_VERSION", "CommittedKeys", "DiskFull", "FeatureStore", "ProvenanceMismatch", "Rows", "StoreError",
+    "StoreLocked", "StoreWriter", "StoredVideos", "VideoRecord", "check_compatible", "merge_stores", "open_store",
+    "provenance_hash", "shard_paths", "write_store", "Verification", "verify_store",
     "SequenceSource", "StorePath", "fits_in_memory", "load_xy", "pool", "select_keys",
 ]

@@ -1,9 +1,10 @@
 """Loaders that turn a feature store into training data: pooled (X, y) for scikit-learn, and a torch Dataset
 of variable-length sequences.
 
-A store is read into memory in one bulk read when it fits (an HDF5 cache of HMDB51 size does: 6,766 x 64 x
-2048 fp16 is 1.8 GB), otherwise lazily with one HDF5 handle per DataLoader worker, because h5py handles must
-not cross process boundaries.
+A store is taken in whole when it fits in memory (an HDF5 cache of HMDB51 size does: 6,766 x 64 x 2048 fp16 is
+1.8 GB) - memory-mapped, so the page cache holds it once for every process (see ``FeatureStore.load_rows``) -
+otherwise read lazily with one HDF5 handle per DataLoader worker, because h5py handles must not cross process
+boundaries.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from vidfeat.features.store import FeatureStore, open_store
+from vidfeat.features.store import FeatureStore, Rows, open_store
 
 POOLINGS = ("mean", "max", "meanstd")
 
@@ -76,16 +77,19 @@ def fits_in_memory(store: FeatureStore, keys: Sequence[str]) -> bool:
 
 
 class SequenceSource(Dataset):
-    """Variable-length feature sequences of a list of keys: all in memory, or read on demand (one HDF5 handle
-    per process). As a torch Dataset, item ``i`` is video ``i``'s ``[T, D]`` float32 tensor, never truncated."""
+    """Variable-length feature sequences of a list of keys: all in memory (one :class:`Rows` array, possibly a memory
+    map shared by processes), or read on demand (one HDF5 handle per process). As a torch Dataset, item ``i`` is
+    video ``i``'s ``[T, D]`` float32 tensor, never truncated."""
 
     def __init__(
-        self, keys: Sequence[str], *, arrays: Sequence[np.ndarray] | None = None, path: StorePath | None = None
+        self, keys: Sequence[str], *, rows: Rows | None = None, path: StorePath | None = None,
+        lengths: Sequence[int] | None = None,
     ) -> None:
-        if arrays is None and path is None:
-            raise ValueError("a SequenceSource needs either the arrays or the store path to read them from")
+        if rows is None and (path is None or lengths is None):
+            raise ValueError("a SequenceSource needs either the rows or the store path and lengths to read them from")
         self.keys = list(keys)
-        self.path, self._arrays = path, (list(arrays) if arrays is not None else None)
+        self.path, self._rows = path, rows
+        self.lengths = rows.lengths if rows is not None else np.asarray(lengths, dtype=np.int64)
         self._store: FeatureStore | None = None
         self._pid: int | None = None
 
@@ -98,36 +102,53 @@ class SequenceSource(Dataset):
                 raise KeyError(f"{len(missing)} requested videos are not in the store, e.g. {missing[0]!r}")
             if in_memory is None:
                 in_memory = fits_in_memory(store, keys)
-            return cls(keys, arrays=store.load_all(keys) if in_memory else None, path=path)
+            if in_memory:
+                return cls(keys, rows=store.load_rows(keys), path=path)
+            lengths = store.lengths()
+            return cls(keys, path=path, lengths=[lengths[k] for k in keys])
 
     @classmethod
     def from_arrays(cls, arrays: Sequence[np.ndarray], keys: Sequence[str] | None = None) -> "SequenceSource":
         """Wrap in-memory ``[T, D]`` arrays (e.g. features just extracted for ``predict``)."""
         keys = list(keys) if keys is not None else [str(i) for i in range(len(arrays))]
-        return cls(keys, arrays=arrays)
+        return cls(keys, rows=Rows.from_arrays(arrays))
 
     @property
     def in_memory(self) -> bool:
-        return self._arrays is not None
+        return self._rows is not None
 
     def subset(self, keys: Sequence[str]) -> "SequenceSource":
-        """A source over some of the keys, sharing the loaded arrays (no copy)."""
+        """A source over some of the keys, sharing the loaded rows (no copy)."""
         position = {k: i for i, k in enumerate(self.keys)}
         picked = [position[k] for k in keys]
-        arrays = [self._arrays[i] for i in picked] if self._arrays is not None else None
-        return SequenceSource(keys, arrays=arrays, path=self.path)
+        rows = self._rows.take(picked) if self._rows is not None else None
+        return SequenceSource(keys, rows=rows, path=self.path, lengths=self.lengths[picked])
+
+    def share(self, directory: Path) -> "SequenceSource":
+        """This in-memory source memory-mapped from ``directory/features.npy``: processes it is pickled to map the
+        same pages instead of receiving a copy."""
+        if self._rows is None:
+            raise ValueError("only an in-memory source can be shared; load it with in_memory=True")
+        return SequenceSource(self.keys, rows=self._rows.share(Path(directory) / "features.npy"), path=self.path)
 
     def __len__(self) -> int:
         return len(self.keys)
 
     def get(self, index: int) -> np.ndarray:
         """``[T, D]`` rows of video ``index`` in the stored dtype."""
-        if self._arrays is not None:
-            return self._arrays[index]
+        if self._rows is not None:
+            return self._rows.video(index)
         if self._store is None or self._pid != os.getpid():
             self._store = open_store(self.path)
             self._pid = os.getpid()
         return self._store.features(self.keys[index])
+
+    def gather(self, videos: Sequence[int], steps: Sequence[np.ndarray]) -> np.ndarray:
+        """``[sum of len(steps), D]`` float32: steps ``steps[j]`` of video ``videos[j]``, concatenated. In memory this
+        is one indexing operation and one conversion for the whole batch."""
+        if self._rows is not None:
+            return self._rows.gather(videos, steps).astype(np.float32)
+        return np.concatenate([self.get(v)[s] for v, s in zip(videos, steps)]).astype(np.float32)
 
     def __getitem__(self, index: int) -> torch.Tensor:
         return torch.from_numpy(np.asarray(self.get(index), dtype=np.float32))
@@ -136,5 +157,3 @@ class SequenceSource(Dataset):
         state = dict(self.__dict__)
         state["_store"], state["_pid"] = None, None  # each worker opens its own handle
         return state
-
-

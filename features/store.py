@@ -34,7 +34,7 @@ IDENTITY_FIELDS = (
     "kind", "backbone", "weights", "feature_dim", "dtype", "preprocessing", "sampling", "window", "rois",
     "dataset", "classes", "n_folds",
 )
-_JSON_FIELDS = ("preprocessing", "sampling", "window", "rois", "classes", "software")
+_JSON_FIELDS = ("preprocessing", "sampling", "window", "rois", "classes", "software", "imported")
 _STR = h5py.string_dtype("utf-8")
 # Per-row region datasets, present when the store was extracted with --rois.
 ROI_DATASETS = ("roi_features", "boxes", "roi_mask")
@@ -88,6 +88,78 @@ class VideoRecord:
             raise StoreError(f"{self.key!r}: features must be a non-empty [T, D] array, got shape {self.features.shape}")
         if len(self.timestamps) != n or len(self.frame_indices) != n:
             raise StoreError(f"{self.key!r}: timestamps/frame_indices must have {n} rows like the features")
+
+
+@dataclass
+class Rows:
+    """Rows of many videos in one array, video ``i`` being ``data[starts[i]:starts[i] + lengths[i]]``.
+
+    One array lets a batch of sampled steps be gathered with a single indexing operation. When ``data`` is a memory
+    map (of a store file, or of a ``.npy`` file written by :meth:`share`), pickling sends the file name and offset,
+    not the rows, so worker processes map the same pages instead of each holding a copy.
+    """
+
+    data: np.ndarray
+    starts: np.ndarray
+    lengths: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def video(self, i: int) -> np.ndarray:
+        start = int(self.starts[i])
+        return self.data[start:start + int(self.lengths[i])]
+
+    def take(self, picked: Sequence[int]) -> "Rows":
+        """The rows of some of the videos, sharing ``data``."""
+        picked = np.asarray(picked, dtype=np.int64)
+        return Rows(self.data, self.starts[picked], self.lengths[picked])
+
+    def gather(self, videos: Sequence[int], steps: Sequence[np.ndarray]) -> np.ndarray:
+        """``[sum of len(steps), ...]``: steps ``steps[j]`` of video ``videos[j]``, concatenated, in one read."""
+        index = np.concatenate([self.starts[v] + s for v, s in zip(videos, steps)]) if len(videos) else []
+        return self.data[np.asarray(index, dtype=np.int64)]
+
+    @classmethod
+    def from_arrays(cls, arrays: Sequence[np.ndarray]) -> "Rows":
+        lengths = np.array([len(a) for a in arrays], dtype=np.int64)
+        return cls(np.concatenate(arrays), np.cumsum(lengths) - lengths, lengths)
+
+    def share(self, path: Path) -> "Rows":
+        """The same rows written to ``path`` as ``.npy`` and memory-mapped from there, for processes to share: a
+        private snapshot, which a store file replaced meanwhile (a resumed extraction merging) cannot change."""
+        np.save(path, np.ascontiguousarray(self.data))
+        return Rows(np.load(path, mmap_mode="r"), self.starts, self.lengths)
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        if isinstance(self.data, np.memmap):
+            data, stat = self.data, os.stat(self.data.filename)
+            state["data"] = _Mapped(Path(data.filename), data.offset, data.dtype.str, data.shape,
+                                    (stat.st_size, stat.st_mtime_ns))
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        if isinstance(state["data"], _Mapped):
+            mapped = state["data"]
+            stat = os.stat(mapped.path)
+            if (stat.st_size, stat.st_mtime_ns) != mapped.identity:
+                raise StoreError(f"{mapped.path} was replaced after its rows were mapped; load the store again")
+            state["data"] = np.memmap(mapped.path, dtype=mapped.dtype, mode="r", offset=mapped.offset,
+                                      shape=mapped.shape)
+        self.__dict__.update(state)
+
+
+@dataclass
+class _Mapped:
+    """Where a memory-mapped array lives, which is all that a pickled :class:`Rows` carries of it, and the file's
+    size and mtime then, so that a file replaced since is refused instead of read at stale offsets."""
+
+    path: Path
+    offset: int
+    dtype: str
+    shape: tuple[int, ...]
+    identity: tuple[int, int]
 
 
 def _canonical(value: object) -> str:
@@ -173,6 +245,17 @@ class _File:
             list(zip(_decode(failures["key"][:]), _decode(failures["source"][:]), _decode(failures["error"][:])))
             if failures is not None else []
         )
+
+    def read_all(self, name: str) -> np.ndarray:
+        """All rows of dataset ``name``. A contiguous dataset (what the writer makes) is memory-mapped, read-only, at
+        its offset in the file: no copy, the pages are the page cache's, shared by every process that maps the file,
+        and valid for as long as the mapping lives because a store file is never modified in place. Copying the
+        rows instead costs the first touch of as much fresh memory, and h5py's float16 read several times more."""
+        dataset = self.h5[name]
+        offset = dataset.id.get_offset()
+        if offset is None or dataset.chunks is not None:
+            return dataset[:]
+        return np.memmap(self.path, dtype=dataset.dtype, mode="r", offset=offset, shape=dataset.shape)
 
     def rows(self, name: str, i: int) -> np.ndarray:
         start = int(self.start[i])
@@ -354,16 +437,23 @@ class FeatureStore:
     def failure_records(self) -> list[tuple[str, str, str]]:
         return [(key, *self._failures[key]) for key in sorted(self._failures)]
 
-    def load_all(self, keys: Sequence[str] | None = None) -> list[np.ndarray]:
-        """Bulk read: one sequential read per file instead of one per video."""
+    def load_rows(self, keys: Sequence[str] | None = None, name: str = "features") -> Rows:
+        """Bulk read of per-row dataset ``name`` (``features`` or a region dataset) of ``keys``: one sequential read
+        per file that holds any of them, kept as one array instead of one per video."""
         keys = self.keys() if keys is None else list(keys)
-        whole = {id(f): f.h5["features"][:] for f in self._files if keys}
-        out = []
-        for key in keys:
-            file, i = self._locate(key)
-            start = int(file.start[i])
-            out.append(whole[id(file)][start:start + int(file.length[i])])
-        return out
+        located = [self._locate(key) for key in keys]
+        files = list({id(file): file for file, _ in located}.values())
+        parts = [file.read_all(name) for file in files]
+        offset = dict(zip(map(id, files), np.cumsum([0] + [len(p) for p in parts[:-1]], dtype=np.int64)))
+        data = parts[0] if len(parts) == 1 else np.concatenate(parts) if parts else self._files[0].h5[name][:0]
+        starts = np.array([offset[id(file)] + int(file.start[i]) for file, i in located], dtype=np.int64)
+        lengths = np.array([int(file.length[i]) for file, i in located], dtype=np.int64)
+        return Rows(data, starts, lengths)
+
+    def load_all(self, keys: Sequence[str] | None = None) -> list[np.ndarray]:
+        """Bulk read (see :meth:`load_rows`), one array view per video."""
+        rows = self.load_rows(keys)
+        return [rows.video(i) for i in range(len(rows))]
 
     # Provenance -----------------------------------------------------------------------------------------
     @property

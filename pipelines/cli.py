@@ -4,12 +4,13 @@ from __future__ import annotations
 import json
 import os
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 # Temporal heads run thousands of tiny ops, and libgomp's default spin-waiting adds milliseconds to each on
 # small VMs (epochs 5-10x slower); large convolutions prefer spinning. So only the commands that train or
 # score heads opt out, and this must happen before torch is imported.
-if sys.argv[1:2] and sys.argv[1] in ("train-temporal", "evaluate", "compare"):
+if sys.argv[1:2] and sys.argv[1] in ("train-temporal", "sweep", "evaluate", "compare"):
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import click  # noqa: E402
@@ -17,13 +18,18 @@ import click  # noqa: E402
 from vidfeat.extract.device import PRECISIONS  # noqa: E402
 from vidfeat.extract.runner import ExtractOptions  # noqa: E402
 from vidfeat.extract.video import Sampling  # noqa: E402
+from vidfeat.features import interop  # noqa: E402
 from vidfeat.features.store import StoreError, merge_stores, open_store, verify_store  # noqa: E402
 from vidfeat.pipelines import stages  # noqa: E402
 from vidfeat.pipelines.datasets import ADAPTERS, DatasetError  # noqa: E402
 from vidfeat.pipelines.scaleout import ClusterError, MissingDependency, ScaleOut  # noqa: E402
 from vidfeat.temporal.heads import list_heads  # noqa: E402
-from vidfeat.temporal.runs import compare_runs, evaluate_run, format_comparison, train_folds, train_run  # noqa: E402
+from vidfeat.temporal.runs import (  # noqa: E402
+    SWEEP_FILE, compare_runs, evaluate_run, format_comparison, format_ranking, rank_configurations, train_folds,
+    train_run, write_comparison,
+)
 from vidfeat.temporal.sampling import SAMPLE_MODES  # noqa: E402
+from vidfeat.temporal.sweep import SweepGrid, run_sweep  # noqa: E402
 
 # Errors a user can act on: shown as one clear message, no traceback.
 USER_ERRORS = (StoreError, DatasetError, ClusterError, MissingDependency, ValueError, FileNotFoundError, RuntimeError)
@@ -130,7 +136,7 @@ def extract(inputs, out, dataset, data_root, list_file, backbone, weights, fps, 
 
 @main.group()
 def features() -> None:
-    """Inspect and combine feature stores."""
+    """Inspect, combine, import and export feature stores."""
 
 
 @features.command("info")
@@ -175,6 +181,46 @@ def features_merge(out, shards) -> None:
     click.echo(f"merged {n} videos from {len(shards)} shard(s) into {out}")
 
 
+@features.command("import")
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Feature store (.h5) to create.")
+@click.option("--labels", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="CSV with header video,label[,split]; video is the file stem.")
+@click.option("--dataset", help="Or label the videos with a dataset adapter (matched by file stem).")
+@click.option("--data-root", type=click.Path(path_type=Path), help="Root directory of --dataset.")
+@click.option("--list", "list_file", type=click.Path(path_type=Path), help="List/CSV file for the `list` dataset.")
+@click.option("--feature-type", help="The <key> of <video>_<key>.npy to import (default: the only one there).")
+@click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,
+              help="Stored feature dtype.")
+def features_import(folder, out, labels, dataset, data_root, list_file, feature_type, dtype) -> None:
+    """Build a store from per-video .npy/.pkl feature files in video_features' layout (FOLDER/<video>_<key>.npy,
+    with <video>_timestamps_ms and <video>_fps where present)."""
+    try:
+        summary = stages.import_features(folder, out, labels=labels, dataset=dataset, data_root=data_root,
+                                         list_file=list_file, feature_type=feature_type, dtype=dtype)
+    except USER_ERRORS as exc:
+        _fail(exc)
+    click.echo(f"imported {summary.videos} videos of {summary.feature_type!r} features ({summary.feature_dim}-d) "
+               f"from {folder} into {out}")
+    if summary.unmatched_labels:
+        click.echo(f"{len(summary.unmatched_labels)} labelled video(s) have no feature file, e.g. "
+                   f"{summary.unmatched_labels[0]!r}", err=True)
+
+
+@features.command("export")
+@click.argument("store", type=click.Path(exists=True, path_type=Path))
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder to write.")
+@click.option("--format", "fmt", type=click.Choice(interop.FORMATS), default="npy", show_default=True)
+@click.option("--feature-type", help="The <key> in <video>_<key>.npy (default: the imported type, else the backbone).")
+def features_export(store, out, fmt, feature_type) -> None:
+    """Write a store's features as per-video files in video_features' layout, plus labels.csv."""
+    try:
+        n = interop.export_features(store, out, feature_type=feature_type, fmt=fmt)
+    except USER_ERRORS as exc:
+        _fail(exc)
+    click.echo(f"exported {n} videos from {store} to {out}")
+
+
 @main.command()
 def backbones() -> None:
     """Every backbone and its pretrained weights (--weights NAME), and whether each is available offline here."""
@@ -188,6 +234,14 @@ def datasets() -> None:
         click.echo(f"{adapter.name}\n" + "\n".join(f"    {line}" for line in adapter.layout.strip().splitlines()) + "\n")
 
 
+def _literal(value: str) -> object:
+    """A JSON literal when it parses (2, 0.5, true), else the string."""
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return value
+
+
 def _parse_key_values(pairs: tuple[str, ...], option: str) -> dict:
     """KEY=VALUE pairs; values are JSON literals when they parse (2, 0.5, true), else strings."""
     options = {}
@@ -195,10 +249,7 @@ def _parse_key_values(pairs: tuple[str, ...], option: str) -> dict:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise click.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint=option)
-        try:
-            options[key.replace("-", "_")] = json.loads(value)
-        except json.JSONDecodeError:
-            options[key.replace("-", "_")] = value
+        options[key.replace("-", "_")] = _literal(value)
     return options
 
 
@@ -290,12 +341,75 @@ def predict(run_dir, videos, top_k, weights, detector_weights, device) -> None:
         sys.exit(1)
 
 
+def _grid_values(pairs: tuple[str, ...], option: str) -> dict[str, list]:
+    """KEY=V1,V2,... pairs: the values to sweep, each a JSON literal when it parses, else a string."""
+    grid = {}
+    for pair in pairs:
+        key, sep, values = pair.partition("=")
+        if not sep or not key or not values:
+            raise click.BadParameter(f"expected KEY=V1,V2,..., got {pair!r}", param_hint=option)
+        grid[key.replace("-", "_")] = [_literal(v) for v in values.split(",")]
+    return grid
+
+
+@main.command()
+@click.option("--features", "features_path", required=True, type=click.Path(path_type=Path),
+              help="Feature store (.h5), or several shards read as one (repeat the option).", multiple=True)
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Sweep directory (created, or resumed).")
+@click.option("--grid", "grid_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Grid file (.json, or .yaml with PyYAML installed); the options below add to it.")
+@click.option("--head", "heads", multiple=True, type=click.Choice(list_heads()), help="Head to sweep (repeatable).")
+@click.option("-o", "--head-option", "head_option", multiple=True, metavar="KEY=V1,V2",
+              help="Head option values, e.g. -o hidden=64,256 (every head with that option) or -o lstm.layers=1,2.")
+@click.option("-t", "--train-option", "train_option", multiple=True, metavar="KEY=V1,V2",
+              help="Training option values, e.g. -t lr=0.001,0.003.")
+@click.option("--seeds", help="Comma-separated seeds, e.g. 0,1,2 (default 0).")
+@click.option("--folds", help="Comma-separated folds, e.g. 1,2,3 (default 1).")
+@click.option("--epochs", type=int, help="Epochs of every run (default: each head's).")
+@click.option("--segments", type=int, help="K segments sampled per video (default 8).")
+@click.option("--jobs", default=1, show_default=True, type=click.IntRange(min=1), help="Runs trained in parallel.")
+@click.option("--device", help="cpu, cuda or cuda:N (default: CUDA when available).")
+def sweep(features_path, out, grid_file, heads, head_option, train_option, seeds, folds, epochs, segments, jobs,
+          device) -> None:
+    """Train a grid of heads x options x seeds x folds on one store, the cache loaded once and shared; a rerun
+    skips finished runs. Prints the ranking and writes comparison.csv and comparison.png into --out."""
+    try:
+        spec = asdict(SweepGrid.from_file(grid_file)) if grid_file else {"heads": []}
+        spec["heads"] = list(spec["heads"]) + [h for h in heads if h not in spec["heads"]]
+        spec["head_options"] = {**spec.get("head_options", {}), **_grid_values(head_option, "--head-option")}
+        spec["train_options"] = {**spec.get("train_options", {}), **_grid_values(train_option, "--train-option")}
+        for name, value in (("seeds", seeds), ("folds", folds)):
+            if value:
+                spec[name] = [int(v) for v in value.split(",")]
+        settings = {k: v for k, v in (("epochs", epochs), ("segments", segments)) if v is not None}
+        spec["settings"] = {**spec.get("settings", {}), **settings}
+        paths = features_path[0] if len(features_path) == 1 else list(features_path)
+        result = run_sweep(paths, SweepGrid.from_dict(spec), out, jobs=jobs, device=device)
+        ranking = rank_configurations(compare_runs([out]))
+        table, plot = write_comparison(ranking, out)
+    except USER_ERRORS as exc:
+        _fail(exc)
+    click.echo(format_ranking(ranking))
+    click.echo(f"{result.trained} run(s) trained, {result.skipped} already finished, in {result.wall_s:.1f} s; "
+               f"ranking in {table}, plot in {plot}")
+
+
 @main.command()
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
-def compare(run_dirs) -> None:
-    """Table of runs: head, top1, top5, mean-class accuracy, parameters, training time."""
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Write comparison.csv and comparison.png here (default: into the sweep directory, if one is given).")
+def compare(run_dirs, out) -> None:
+    """Table of runs (head, top1, top5, mean-class accuracy, parameters, training time); with a sweep directory or
+    --out also the configurations ranked by mean ± std over seeds and folds, as a CSV file and a plot."""
+    sweeps = [d for d in run_dirs if (d / SWEEP_FILE).exists()]
     try:
-        click.echo(format_comparison(compare_runs(run_dirs)))
+        rows = compare_runs(run_dirs)
+        click.echo(format_comparison(rows))
+        out = out if out is not None else (sweeps[0] if len(sweeps) == 1 else None)
+        if out is not None:
+            ranking = rank_configurations(rows)
+            table, plot = write_comparison(ranking, out)
+            click.echo("\n" + format_ranking(ranking) + f"\nranking in {table}, plot in {plot}")
     except USER_ERRORS as exc:
         _fail(exc)
 

@@ -14,6 +14,8 @@ import numpy as np
 from vidfeat.extract.backbones import Backbone, create_backbone, detector_categories, list_backbones, weights_records
 from vidfeat.extract.runner import ExtractOptions, ExtractSummary, VideoJob, extract_videos
 from vidfeat.extract.video import Sampling
+from vidfeat.features import interop
+from vidfeat.features.interop import ImportSummary
 from vidfeat.features.store import FeatureStore, ProvenanceMismatch, open_store
 from vidfeat.pipelines import relational, sample
 from vidfeat.pipelines.scaleout import ScaledSummary, ScaleOut, extract_scaled
@@ -97,6 +99,38 @@ def extract_sharded(
         jobs_from_dataset(loaded), Path(out), backbone, weights, options or ExtractOptions(),
         {"name": loaded.name, "root": str(loaded.root)}, loaded.classes, loaded.n_folds, scale_out,
     )
+
+
+def import_features(
+    folder: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    labels: str | os.PathLike | None = None,
+    dataset: str | None = None,
+    data_root: str | os.PathLike | None = None,
+    list_file: str | os.PathLike | None = None,
+    feature_type: str | None = None,
+    dtype: str = "float16",
+) -> ImportSummary:
+    """A store from per-video feature files (video_features' layout), labelled by a labels CSV or by a dataset
+    adapter (its videos matched to the files by file stem), or unlabelled."""
+    if labels is not None and dataset is not None:
+        raise ValueError("give either --labels CSV or --dataset NAME, not both")
+    if dataset is None:
+        return interop.import_features(folder, out, interop.read_labels(Path(labels)) if labels else None,
+                                       feature_type=feature_type, dtype=dtype)
+    if data_root is None and list_file is None:
+        raise ValueError(f"--dataset {dataset} needs --data-root DIR (see `vidfeat datasets` for the layout)")
+    loaded = load_dataset(dataset, data_root if data_root is not None else Path(list_file).parent, list_file)
+    by_stem: dict[str, interop.Labelling] = {}
+    for item in loaded.items:
+        stem = Path(item.path).stem
+        if stem in by_stem:
+            raise ValueError(f"videos {by_stem[stem].key!r} and {item.key!r} share the file stem {stem!r}; "
+                             "video_features' files are named by stem only, so they cannot be told apart")
+        by_stem[stem] = interop.Labelling(item.key, item.label, tuple(item.splits))
+    return interop.import_features(folder, out, by_stem, classes=loaded.classes, feature_type=feature_type,
+                                   dataset={"name": loaded.name, "root": str(loaded.root)}, dtype=dtype)
 
 
 def format_summary(summary: ExtractSummary) -> str:

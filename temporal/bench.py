@@ -1,12 +1,16 @@
-"""Training throughput of every head on a synthetic HMDB51-size cache (``make bench-train``).
+"""Training throughput of every head on a synthetic HMDB51-size cache, and how fast the cache reads (``make bench-train``).
 
-Builds a random float16 store (6,766 videos x 64 steps x 2048 dims by default) in a temporary
-directory, loads fold 1's training split into memory and times full training epochs per head
-(the first epoch is a warm-up; the table shows the mean of the following ones). ``logreg`` is timed
-as one scikit-learn fit (pooling included) with a fixed C. The features carry no signal: this
-measures speed, not accuracy.
+Builds a random float16 store (6,766 videos x 64 steps x 2048 dims by default) in a temporary directory and
+times reading all of its features into memory against the same features as per-video ``.npy`` files in
+video_features' layout (``<video>_<type>.npy``, written by ``vidfeat features export``), both from a cold page
+cache (the files' pages are dropped with ``posix_fadvise``) and warm. Then it loads fold 1's training split and
+times full training epochs per head (the first epoch is a warm-up; the table shows the mean of the following
+ones; ``CPU s`` is the process CPU time per epoch, which other work on a shared machine disturbs less than
+the wall time). ``logreg`` is timed as one scikit-learn fit (pooling included) with a fixed C. ``gcn`` trains on a second
+synthetic cache with regions (``--region-steps`` steps x ``--rois`` regions of ``--dim`` dims). The features
+carry no signal: this measures speed, not accuracy.
 
-    python -m vidfeat.temporal.bench [--videos N] [--steps T] [--dim D] [--heads mean,lstm,...]
+    python -m vidfeat.temporal.bench [--videos N] [--steps T] [--dim D] [--heads mean,lstm,...] [--skip-read]
 """
 from __future__ import annotations
 
@@ -20,7 +24,8 @@ import numpy as np
 import torch
 
 from vidfeat.features import SequenceSource, open_store
-from vidfeat.temporal.data import SequenceDataset, class_indices, fold_split
+from vidfeat.features.interop import export_features
+from vidfeat.temporal.data import RegionSource, SequenceDataset, class_indices, fold_split
 from vidfeat.temporal.heads import create_head, list_heads, uses_regions
 from vidfeat.temporal.logreg import fit_logreg
 from vidfeat.temporal.synthetic import write_random_store
@@ -33,18 +38,58 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=64, help="cached steps per video")
     parser.add_argument("--dim", type=int, default=2048)
     parser.add_argument("--classes", type=int, default=51)
-    parser.add_argument(
-        "--heads",
-        default=",".join(h for h in list_heads() if not uses_regions(h)),
-        help="comma-separated frame head names (region heads need a store with RoIs)",
-    )
+    parser.add_argument("--heads", default=",".join(list_heads()), help="comma-separated head names")
+    parser.add_argument("--region-steps", type=int, default=16, help="steps per video of the region cache (gcn)")
+    parser.add_argument("--rois", type=int, default=4, help="regions per step of the region cache (gcn)")
     parser.add_argument("--segments", type=int, default=8, help="TSN segments K sampled per video")
     parser.add_argument("--sample-mode", default="segments", choices=("segments", "window", "all"))
     parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs per head, the first is a warm-up")
+    parser.add_argument("--skip-read", action="store_true", help="leave out the store vs .npy read comparison")
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
-    parser.add_argument("--dir", type=Path, default=None, help="where to write the cache (default: a temp dir)")
+    parser.add_argument("--dir", type=Path, default=None, help="where to write the caches (default: a temp dir)")
     return parser.parse_args(argv)
+
+
+def _evict(paths: list[Path]) -> None:
+    """Drop the files' pages from the page cache, so the next read comes from the disk."""
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def _read_comparison(store_path: Path, tmp: Path) -> None:
+    """Seconds to read every video's features into memory: our store (one bulk read) vs one .npy per video."""
+    start = time.perf_counter()
+    npy_dir = tmp / "npy"
+    export_features(store_path, npy_dir, feature_type="resnet")
+    files = sorted(npy_dir.glob("*_resnet.npy"))
+    print(f"  exported as {len(files)} per-video .npy files (video_features' layout) in "
+          f"{time.perf_counter() - start:.1f} s")
+    store_files = [p for p in store_path.parent.glob(store_path.name + "*") if p.is_file()]
+    for cache in ("cold", "warm"):
+        timings = {}
+        for name, read, paths in (
+            ("store", lambda: _read_store(store_path), store_files),
+            (".npy files", lambda: [np.load(p) for p in files], files),
+        ):
+            if cache == "cold":
+                _evict(paths)
+            start = time.perf_counter()
+            read()
+            timings[name] = time.perf_counter() - start
+        print(f"  read all features, {cache} page cache: store {timings['store']:.2f} s, per-video .npy "
+              f"{timings['.npy files']:.2f} s ({timings['.npy files'] / timings['store']:.1f}x)")
+
+
+def _read_store(path: Path) -> None:
+    """``load_rows`` memory-maps the features; touching a byte of every page makes sure all of them are read."""
+    with open_store(path) as store:
+        store.load_rows().data.reshape(-1).view(np.uint8)[::4096].max()
 
 
 def _bench_head(name: str, dataset: SequenceDataset, classes: int, dim: int, args, device) -> dict:
@@ -55,46 +100,68 @@ def _bench_head(name: str, dataset: SequenceDataset, classes: int, dim: int, arg
         model, _ = fit_logreg(sequences, np.asarray(dataset.labels), classes, C=1.0, max_iter=100)
         seconds = time.perf_counter() - start
         note = "one fit (100 lbfgs iterations)"
-        return {"head": name, "params": count_parameters(model), "epoch_s": seconds, "note": note}
-    model = create_head(name, dim, classes)
+        return {"head": name, "params": count_parameters(model), "epoch_s": seconds, "cpu_s": float("nan"), "note": note}
+    options = {"roi_dim": dim} if uses_regions(name) else {}
+    model = create_head(name, dim, classes, **options)
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, patience=0)
+    cpu = time.process_time()
     result = train(model, dataset, None, config, device=device, progress=False)
+    cpu_s = (time.process_time() - cpu) / args.epochs
     ends = [row["time_s"] for row in result.history]
     epoch_times = np.diff(ends) if len(ends) > 1 else np.array(ends)
-    return {"head": name, "params": count_parameters(model), "epoch_s": float(epoch_times.mean()), "note": ""}
+    note = f"{args.region_steps}-step region cache, {args.rois} RoIs/step" if uses_regions(name) else ""
+    return {"head": name, "params": count_parameters(model), "epoch_s": float(epoch_times.mean()), "cpu_s": cpu_s,
+            "note": note}
+
+
+def _training_set(path: Path, args, regions: bool) -> SequenceDataset:
+    with open_store(path) as store:
+        keys = fold_split(store, 1, val_fraction=0.0).train
+        labels = class_indices(store, keys)
+    start = time.perf_counter()
+    source = SequenceSource.from_store(path, keys, in_memory=True)
+    region_source = RegionSource.from_store(path, keys, in_memory=True) if regions else None
+    print(f"  fold-1 train split ({len(keys)} videos) loaded (memory-mapped) in {time.perf_counter() - start:.1f} s")
+    return SequenceDataset(source, labels, segments=args.segments, mode=args.sample_mode, train=True,
+                           regions=region_source)
+
+
+def _write_cache(path: Path, args, steps: int, rois: int) -> None:
+    per_step = args.dim * (1 + rois)
+    size_gb = args.videos * steps * per_step * 2 / 1e9
+    what = f" + {rois} RoIs/step" if rois else ""
+    print(f"writing a synthetic cache: {args.videos} videos x {steps} steps x {args.dim} dims{what} fp16 "
+          f"({size_gb:.2f} GB)")
+    start = time.perf_counter()
+    write_random_store(path, videos=args.videos, steps=steps, dim=args.dim, classes=args.classes, rois=rois)
+    print(f"  written in {time.perf_counter() - start:.1f} s")
 
 
 def main(argv: list[str] | None = None) -> None:
     args = _parse(argv)
     device = torch.device(args.device) if args.device else default_device()
+    heads = [h.strip() for h in args.heads.split(",")]
+    print(f"device {device}, {torch.get_num_threads()} CPU threads "
+          f"(OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}), "
+          f"sampling {args.sample_mode} K={args.segments}, batch {args.batch_size}")
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
-        path = Path(tmp) / "bench.h5"
-        size_gb = args.videos * args.steps * args.dim * 2 / 1e9
-        print(
-            f"writing a synthetic cache: {args.videos} videos x {args.steps} steps x {args.dim} dims fp16 "
-            f"({size_gb:.2f} GB)"
-        )
-        start = time.perf_counter()
-        write_random_store(path, videos=args.videos, steps=args.steps, dim=args.dim, classes=args.classes)
-        print(f"  written in {time.perf_counter() - start:.1f} s")
-        with open_store(path) as store:
-            keys = fold_split(store, 1, val_fraction=0.0).train
-            labels = class_indices(store, keys)
-        start = time.perf_counter()
-        source = SequenceSource.from_store(path, keys, in_memory=True)
-        print(f"  fold-1 train split ({len(keys)} videos) loaded into memory in {time.perf_counter() - start:.1f} s")
-        dataset = SequenceDataset(source, labels, segments=args.segments, mode=args.sample_mode, train=True)
-        print(
-            f"device {device}, {torch.get_num_threads()} CPU threads "
-            f"(OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}), "
-            f"sampling {args.sample_mode} K={args.segments}, batch {args.batch_size}\n"
-        )
-        print(f"{'head':<12} {'params':>10} {'epoch s':>9} {'seq/s':>9}  note")
-        for name in args.heads.split(","):
-            row = _bench_head(name.strip(), dataset, args.classes, args.dim, args, device)
-            rate = len(dataset) / row["epoch_s"]
-            line = f"{row['head']:<12} {row['params']:>10,} {row['epoch_s']:>9.2f} {rate:>9.0f}  {row['note']}"
-            print(line, flush=True)
+        for regions in (False, True):
+            names = [h for h in heads if uses_regions(h) == regions]
+            if not names:
+                continue
+            path = Path(tmp) / ("regions.h5" if regions else "frames.h5")
+            _write_cache(path, args, args.region_steps if regions else args.steps, args.rois if regions else 0)
+            if not regions and not args.skip_read:
+                _read_comparison(path, Path(tmp))
+            dataset = _training_set(path, args, regions)
+            print(f"\n{'head':<12} {'params':>10} {'epoch s':>9} {'seq/s':>9} {'CPU s':>7}  note")
+            for name in names:
+                row = _bench_head(name, dataset, args.classes, args.dim, args, device)
+                rate = len(dataset) / row["epoch_s"]
+                print(f"{row['head']:<12} {row['params']:>10,} {row['epoch_s']:>9.2f} {rate:>9.0f} "
+                      f"{row['cpu_s']:>7.2f}  {row['note']}", flush=True)
+            path.unlink()
+            print()
 
 
 if __name__ == "__main__":

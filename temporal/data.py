@@ -15,7 +15,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from vidfeat.features import FeatureStore, SequenceSource, StorePath, open_store, select_keys
+from vidfeat.features import FeatureStore, Rows, SequenceSource, StorePath, open_store, select_keys
+from vidfeat.features.store import ROI_DATASETS
 from vidfeat.temporal.sampling import check_sampling, sample_indices
 
 @dataclass
@@ -46,28 +47,43 @@ def carve_validation(
     return [k for i, k in enumerate(keys) if i not in chosen], [k for i, k in enumerate(keys) if i in chosen]
 
 
-def fold_split(store: FeatureStore, fold: int = 1, val_fraction: float = 0.15, seed: int = 0) -> FoldSplit:
-    """Train/val/test keys of ``fold``; validation is the dataset's own when it has one, else carved from train.
+SPLIT_PARTS = ("train", "val", "test")
 
-    Unlabelled videos and videos the fold does not use are left out.
-    """
+
+def fold_parts(store: FeatureStore, fold: int) -> dict[str, list[str]]:
+    """The labelled keys of each part (train, val, test) of ``fold``, as the store records them."""
     if store.n_folds == 0:
         raise ValueError(
             "this store has no train/test splits (n_folds=0), so there is nothing to train and score on; "
             "extract a dataset with splits (hmdb51, ucf101, a list file with a split column, folder, sample)"
         )
-    parts = {name: select_keys(store, name, fold) for name in ("train", "val", "test")}
+    parts = {name: select_keys(store, name, fold) for name in SPLIT_PARTS}
     for name in ("train", "test"):
         if not parts[name]:
             raise ValueError(
                 f"fold {fold} of this store has no labelled {name} videos; check the dataset's split files"
             )
+    return parts
+
+
+def split_parts(parts: dict[str, list[str]], labels: dict[str, int], val_fraction: float, seed: int) -> FoldSplit:
+    """A fold's split from its recorded parts: validation is the dataset's own when it has one, else carved
+    (stratified, seeded) from train."""
     if parts["val"]:
         return FoldSplit(parts["train"], parts["val"], parts["test"], "dataset")
     if val_fraction <= 0:
         return FoldSplit(parts["train"], [], parts["test"], "none")
-    train, val = carve_validation(parts["train"], class_indices(store, parts["train"]), val_fraction, seed)
+    train, val = carve_validation(parts["train"], [labels[k] for k in parts["train"]], val_fraction, seed)
     return FoldSplit(train, val, parts["test"], "carved" if val else "none")
+
+
+def fold_split(store: FeatureStore, fold: int = 1, val_fraction: float = 0.15, seed: int = 0) -> FoldSplit:
+    """Train/val/test keys of ``fold``; validation is the dataset's own when it has one, else carved from train.
+
+    Unlabelled videos and videos the fold does not use are left out.
+    """
+    parts = fold_parts(store, fold)
+    return split_parts(parts, dict(zip(parts["train"], class_indices(store, parts["train"]))), val_fraction, seed)
 
 
 Regions = tuple[np.ndarray, np.ndarray, np.ndarray]
@@ -87,14 +103,15 @@ def require_regions(store: FeatureStore, head: str) -> dict:
 
 
 class RegionSource:
-    """Region arrays of a list of keys, aligned with a :class:`SequenceSource`'s rows: all in memory, or read
-    on demand through ``store.rois(key)`` (one HDF5 handle per process, like the sequences)."""
+    """Region arrays of a list of keys, aligned with a :class:`SequenceSource`'s rows: all in memory (one
+    :class:`Rows` per region dataset), or read on demand through ``store.rois(key)`` (one HDF5 handle per process,
+    like the sequences)."""
 
-    def __init__(self, keys: Sequence[str], *, arrays: Sequence[Regions] | None = None, path: StorePath | None = None):
-        if arrays is None and path is None:
-            raise ValueError("a RegionSource needs either the region arrays or the store path to read them from")
+    def __init__(self, keys: Sequence[str], *, rows: Sequence[Rows] | None = None, path: StorePath | None = None):
+        if rows is None and path is None:
+            raise ValueError("a RegionSource needs either the region rows or the store path to read them from")
         self.keys = list(keys)
-        self.path, self._arrays = path, (list(arrays) if arrays is not None else None)
+        self.path, self._rows = path, (tuple(rows) if rows is not None else None)
         self._store: FeatureStore | None = None
         self._pid: int | None = None
 
@@ -111,21 +128,34 @@ class RegionSource:
                 per_row = int(rois["max_rois"]) * (int(rois["feature_dim"]) * itemsize + 4 * 4 + 1)
                 available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
                 in_memory = sum(lengths[k] for k in keys) * per_row <= available / 4
-            return cls(keys, arrays=[store.rois(k) for k in keys] if in_memory else None, path=path)
+            rows = [store.load_rows(keys, name) for name in ROI_DATASETS] if in_memory else None
+            return cls(keys, rows=rows, path=path)
+
+    @classmethod
+    def from_arrays(cls, regions: Sequence[Regions], keys: Sequence[str]) -> "RegionSource":
+        """Wrap in-memory ``(roi_features, boxes, roi_mask)`` of each video (e.g. just extracted for ``predict``)."""
+        return cls(keys, rows=[Rows.from_arrays([r[n] for r in regions]) for n in range(len(ROI_DATASETS))])
 
     def __len__(self) -> int:
         return len(self.keys)
 
     def subset(self, keys: Sequence[str]) -> "RegionSource":
-        """A source over some of the keys, sharing the loaded arrays."""
+        """A source over some of the keys, sharing the loaded rows."""
         position = {k: i for i, k in enumerate(self.keys)}
         picked = [position[k] for k in keys]
-        arrays = [self._arrays[i] for i in picked] if self._arrays is not None else None
-        return RegionSource(keys, arrays=arrays, path=self.path)
+        rows = [r.take(picked) for r in self._rows] if self._rows is not None else None
+        return RegionSource(keys, rows=rows, path=self.path)
+
+    def share(self, directory: Path) -> "RegionSource":
+        """This in-memory source memory-mapped from ``.npy`` files in ``directory`` (see :meth:`SequenceSource.share`)."""
+        if self._rows is None:
+            raise ValueError("only in-memory regions can be shared; load them with in_memory=True")
+        rows = [r.share(Path(directory) / f"{name}.npy") for r, name in zip(self._rows, ROI_DATASETS)]
+        return RegionSource(self.keys, rows=rows, path=self.path)
 
     def get(self, index: int) -> Regions:
-        if self._arrays is not None:
-            return self._arrays[index]
+        if self._rows is not None:
+            return tuple(r.video(index) for r in self._rows)
         if self._store is None or self._pid != os.getpid():
             self._store = open_store(self.path)
             self._pid = os.getpid()
@@ -133,6 +163,16 @@ class RegionSource:
         if regions is None:
             raise ValueError(f"video {self.keys[index]!r} has no region features in {self.path}")
         return regions
+
+    def gather(self, videos: Sequence[int], steps: Sequence[np.ndarray]) -> Regions:
+        """The regions at steps ``steps[j]`` of video ``videos[j]``, concatenated over the videos (float32 features
+        and boxes, bool mask)."""
+        if self._rows is not None:
+            parts = [r.gather(videos, steps) for r in self._rows]
+        else:
+            per_video = [self.get(v) for v in videos]
+            parts = [np.concatenate([regions[n][s] for regions, s in zip(per_video, steps)]) for n in range(3)]
+        return parts[0].astype(np.float32), parts[1].astype(np.float32), parts[2].astype(bool)
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
@@ -147,6 +187,7 @@ class SequenceDataset(Dataset):
     a run is reproducible whatever the number of workers; call :meth:`set_epoch` every epoch.
     Evaluation takes the deterministic clip ``clip`` of ``num_clips``. With ``regions`` (for region heads)
     each item also carries ``rois``, ``boxes`` and ``roi_mask`` at the same sampled steps as ``x``.
+    The DataLoader fetches a batch through :meth:`__getitems__`, which reads all its steps at once.
     """
 
     def __init__(
@@ -176,22 +217,36 @@ class SequenceDataset(Dataset):
     def __len__(self) -> int:
         return len(self.source)
 
-    def __getitem__(self, index: int) -> dict:
-        rows = self.source.get(index)
+    def _steps(self, index: int) -> np.ndarray:
+        length = int(self.source.lengths[index])
         rng = np.random.default_rng((self.seed, self.epoch, index)) if self.train else None
-        steps = sample_indices(len(rows), self.segments, self.mode, rng=rng, clip=self.clip, num_clips=self.num_clips)
-        item = {"x": torch.from_numpy(np.asarray(rows[steps], dtype=np.float32)), "y": self.labels[index]}
+        return sample_indices(length, self.segments, self.mode, rng=rng, clip=self.clip, num_clips=self.num_clips)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict]:
+        """The items of a batch; their sampled steps are read and converted to float32 in one operation."""
+        steps = [self._steps(i) for i in indices]
+        sizes = [len(s) for s in steps]
+        x = torch.from_numpy(self.source.gather(indices, steps)).split(sizes)
+        items = [{"x": rows, "y": self.labels[i]} for rows, i in zip(x, indices)]
         if self.regions is not None:
-            rois, boxes, roi_mask = self.regions.get(index)
-            if not len(rois) == len(boxes) == len(roi_mask) == len(rows):
+            self._check_region_rows(indices)
+            fields = zip(("rois", "boxes", "roi_mask"), self.regions.gather(indices, steps))
+            for name, values in fields:
+                for item, part in zip(items, torch.from_numpy(values).split(sizes)):
+                    item[name] = part
+        return items
+
+    def _check_region_rows(self, indices: Sequence[int]) -> None:
+        for index in indices:
+            rois, rows = len(self.regions.get(index)[0]), int(self.source.lengths[index])
+            if rois != rows:
                 raise ValueError(
-                    f"video {self.source.keys[index]!r}: {len(rois)} region rows for {len(rows)} feature rows; "
+                    f"video {self.source.keys[index]!r}: {rois} region rows for {rows} feature rows; "
                     "the store is inconsistent, extract it again"
                 )
-            item["rois"] = torch.from_numpy(np.asarray(rois[steps], dtype=np.float32))
-            item["boxes"] = torch.from_numpy(np.asarray(boxes[steps], dtype=np.float32))
-            item["roi_mask"] = torch.from_numpy(np.asarray(roi_mask[steps], dtype=bool))
-        return item
 
 
 @dataclass

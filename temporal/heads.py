@@ -26,7 +26,6 @@ from typing import Callable
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from vidfeat.temporal.gcn import GCNHead
 
@@ -48,7 +47,7 @@ def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
 
 
 def _lengths(mask: Tensor) -> Tensor:
-    """Valid-step counts, checking that padding only sits at the end (what packing relies on)."""
+    """Valid-step counts, checking that padding only sits at the end (what the recurrence and convolutions rely on)."""
     lengths = mask.sum(1)
     prefix = torch.arange(mask.shape[1], device=mask.device).unsqueeze(0) < lengths.unsqueeze(1)
     if not torch.equal(prefix, mask):
@@ -74,9 +73,24 @@ class MeanHead(nn.Module):
         return self.fc(self.dropout(masked_mean(x, mask)))
 
 
+def _reverse_valid(x: Tensor, lengths: Tensor) -> Tensor:
+    """Each sequence of ``x [B, T, C]`` with its first ``lengths`` steps reversed and its padding left in place;
+    applying it twice gives ``x`` back."""
+    steps = torch.arange(x.shape[1], device=x.device).unsqueeze(0)
+    index = torch.where(steps < lengths.unsqueeze(1), lengths.unsqueeze(1) - 1 - steps, steps)
+    return x.gather(1, index.unsqueeze(-1).expand_as(x))
+
+
 class LSTMHead(nn.Module):
     """(Bi)LSTM over the steps; readout is the final state of the valid part (``last``) or the masked
-    mean of the outputs (``mean``). Packed sequences keep padding out of the recurrence."""
+    mean of the outputs (``mean``).
+
+    The parameters are an ``nn.LSTM``'s, but the recurrence is run here: the input-to-gate products of all steps
+    are one matrix product whose backward pass needs no input gradient (the features are frozen), where the
+    library kernel computes one anyway and, with packing, re-sorts the batch every step. The backward direction
+    reads each sequence's valid steps reversed, and a final state is taken at the sequence's last valid step, so
+    padding at the end never enters the recurrence of a valid step: no packing is needed.
+    """
 
     def __init__(
         self,
@@ -105,17 +119,37 @@ class LSTMHead(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(hidden * self.directions, num_classes)
 
+    def _direction(self, x: Tensor, layer: int, suffix: str) -> Tensor:
+        """Outputs ``[B, T, H]`` of one direction of one layer over ``x`` (already in that direction's order)."""
+        w_ih, w_hh = getattr(self.lstm, f"weight_ih_l{layer}{suffix}"), getattr(self.lstm, f"weight_hh_l{layer}{suffix}")
+        bias = getattr(self.lstm, f"bias_ih_l{layer}{suffix}") + getattr(self.lstm, f"bias_hh_l{layer}{suffix}")
+        gates_in = nn.functional.linear(x, w_ih, bias)
+        h = c = x.new_zeros(x.shape[0], w_hh.shape[1])
+        outputs = []
+        for t in range(x.shape[1]):
+            i, f, g, o = (gates_in[:, t] + nn.functional.linear(h, w_hh)).chunk(4, dim=1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(c)
+            outputs.append(h)
+        return torch.stack(outputs, dim=1)
+
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         _check_inputs(x, mask)
         lengths = _lengths(mask)
-        packed = pack_padded_sequence(self.input_dropout(x), lengths.cpu(), batch_first=True, enforce_sorted=False)
-        out, (h_n, _) = self.lstm(packed)
-        if self.readout == "last":
-            # h_n: [layers * directions, B, H]; the backward direction's final state has seen the whole sequence too.
-            feat = torch.cat(list(h_n[-self.directions :]), dim=-1)
-        else:
-            out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
-            feat = masked_mean(out, mask)
+        last = (lengths - 1).view(-1, 1, 1)
+        h = self.input_dropout(x)
+        for layer in range(self.lstm.num_layers):
+            if layer:
+                h = nn.functional.dropout(h, self.lstm.dropout, self.training)
+            forward = self._direction(h, layer, "")
+            finals = [forward.gather(1, last.expand(-1, 1, forward.shape[2])).squeeze(1)]
+            if self.directions == 2:
+                backward = self._direction(_reverse_valid(h, lengths), layer, "_reverse")
+                finals.append(backward.gather(1, last.expand(-1, 1, backward.shape[2])).squeeze(1))
+                forward = torch.cat([forward, _reverse_valid(backward, lengths)], dim=-1)
+            h = forward
+        # The backward direction's final state has seen the whole sequence too.
+        feat = torch.cat(finals, dim=-1) if self.readout == "last" else masked_mean(h, mask)
         return self.fc(self.dropout(feat))
 
 
@@ -131,6 +165,7 @@ class _TemporalBlock(nn.Module):
         super().__init__()
         total = (kernel_size - 1) * dilation
         self.pad = (total, 0) if causal else (total // 2, total - total // 2)
+        self.dilation = dilation
         self.conv1 = nn.Conv1d(channels, channels, kernel_size, dilation=dilation)
         self.conv2 = nn.Conv1d(channels, channels, kernel_size, dilation=dilation)
         self.norm1 = nn.LayerNorm(channels)
@@ -138,7 +173,14 @@ class _TemporalBlock(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def _conv(self, conv: nn.Conv1d, norm: nn.LayerNorm, x: Tensor, keep: Tensor) -> Tensor:
-        y = conv(nn.functional.pad((x * keep).transpose(1, 2), self.pad)).transpose(1, 2)
+        steps = x.shape[1]
+        # Offset of each tap from the output step; a tap at least `steps` away only ever reads the zero padding.
+        offsets = [tap * self.dilation - self.pad[0] for tap in range(conv.kernel_size[0])]
+        live = [tap for tap, offset in enumerate(offsets) if abs(offset) < steps]
+        if len(live) == 1:  # a pointwise product with the one live tap: same output, a fraction of the work
+            y = nn.functional.linear(x * keep, conv.weight[:, :, live[0]], conv.bias)
+        else:
+            y = conv(nn.functional.pad((x * keep).transpose(1, 2), self.pad)).transpose(1, 2)
         return self.dropout(torch.relu(norm(y)))
 
     def forward(self, x: Tensor, keep: Tensor) -> Tensor:

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from importlib.metadata import version
 from pathlib import Path
@@ -29,18 +30,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from vidfeat.features import FeatureStore, ProvenanceMismatch, SequenceSource, StorePath, open_store, select_keys
+from vidfeat.features import ProvenanceMismatch, SequenceSource, StorePath, open_store, select_keys
 from vidfeat.features.store import IDENTITY_FIELDS
 from vidfeat.temporal.data import (
     Regions,
     RegionSource,
     SequenceDataset,
+    FoldSplit,
     class_indices,
-    fold_split,
+    fold_parts,
     require_regions,
     resolve_store_path,
+    split_parts,
 )
-from vidfeat.temporal.heads import create_head, resolve_options, training_defaults, uses_regions
+from vidfeat.temporal.heads import create_head, head_defaults, resolve_options, training_defaults, uses_regions
 from vidfeat.temporal.logreg import fit_logreg
 from vidfeat.temporal.sampling import check_sampling
 from vidfeat.temporal.training import (
@@ -58,6 +61,8 @@ if TYPE_CHECKING:
 CONFIG, CHECKPOINT, LOG, CURVES, CONFUSION, METRICS, SUMMARY = (
     "config.json", "model.pt", "train_log.csv", "curves.png", "confusion.png", "metrics.json", "summary.json",
 )
+COMPARISON_CSV, COMPARISON_PLOT = "comparison.csv", "comparison.png"
+SWEEP_FILE = "sweep.json"  # marks a sweep's directory (see vidfeat.temporal.sweep)
 RUN_FORMAT = 1
 # What a feature *means*: a head trained on one representation is meaningless on another. dtype (fp16 vs
 # fp32 copies of the same features), the dataset's root and fold layout may differ; the classes are checked
@@ -174,15 +179,126 @@ def _dataset(
     )
 
 
-def _region_options(store: FeatureStore, head: str, options: dict, config: TrainConfig) -> dict:
-    """A region head's options completed with the store's RoI feature size; refuses stores without RoIs."""
-    rois = require_regions(store, head)
-    roi_dim = int(rois["feature_dim"])
+@dataclass
+class RunData:
+    """What runs read from a store: its metadata, the recorded parts of some folds, and the rows of their videos.
+
+    ``train_run`` loads one per run; a sweep loads one for all its runs and shares its rows (:meth:`share`) with
+    the processes that train them, so the cache is read once and held in memory once.
+    """
+
+    path: StorePath
+    classes: list[str]
+    input_dim: int
+    provenance: dict
+    provenance_hash: str
+    rois: dict | None
+    labels: dict[str, int]
+    parts: dict[int, dict[str, list[str]]]
+    source: SequenceSource
+    regions: RegionSource | None
+
+    @classmethod
+    def load(
+        cls, path: StorePath, folds: Sequence[int], *, regions_for: str | None = None, in_memory: bool | None = None
+    ) -> "RunData":
+        """Read ``folds`` of the store; ``regions_for``: a region head's name, to load (and require) the RoIs too."""
+        with open_store(path) as store:
+            parts = {fold: fold_parts(store, fold) for fold in folds}
+            keys = sorted({key for fold in parts.values() for part in fold.values() for key in part})
+            rois = require_regions(store, regions_for) if regions_for else None
+            data = {
+                "classes": store.classes, "input_dim": store.feature_dim, "provenance": dict(store.attrs),
+                "provenance_hash": store.provenance_hash, "labels": dict(zip(keys, class_indices(store, keys))),
+            }
+        source = SequenceSource.from_store(path, keys, in_memory)
+        regions = RegionSource.from_store(path, keys, in_memory, regions_for) if regions_for else None
+        return cls(path, rois=rois, parts=parts, source=source, regions=regions, **data)
+
+    def split(self, fold: int, val_fraction: float, seed: int) -> FoldSplit:
+        if fold not in self.parts:
+            raise ValueError(f"fold {fold} was not loaded (loaded: {', '.join(map(str, self.parts))})")
+        return split_parts(self.parts[fold], self.labels, val_fraction, seed)
+
+    def share(self, directory: Path) -> "RunData":
+        """The same data with its rows memory-mapped from ``.npy`` files in ``directory`` (which must outlive it)."""
+        regions = self.regions.share(directory) if self.regions is not None else None
+        return replace(self, source=self.source.share(directory), regions=regions)
+
+
+def _region_options(data: RunData, head: str, options: dict, config: TrainConfig) -> dict:
+    """A region head's options completed with the store's RoI feature size."""
+    if data.regions is None:
+        raise ValueError(f"head {head!r} needs region features, but the loaded data holds none; load it with regions")
+    roi_dim = int(data.rois["feature_dim"])
     if options.get("roi_dim") not in (None, roi_dim):
         raise ValueError(f"roi_dim={options['roi_dim']} was given, but the store's region features are {roi_dim}-d")
     if config.mixup > 0:
         raise ValueError(f"mixup mixes frame features only, not regions; train {head!r} with mixup 0")
     return {**options, "roi_dim": roi_dim}
+
+
+@dataclass
+class Fitted:
+    """A trained head with its history (train_log.csv rows) and what config.json records of its training."""
+
+    model: nn.Module
+    history: list[dict]
+    training: dict
+    best_epoch: int = 0
+    stopped_early: bool = False
+
+
+def _fit(
+    head: str, options: dict, config: TrainConfig, sets: list[SequenceDataset | None], data: RunData, device, progress
+) -> Fitted:
+    """Train (or fit, for logreg) the head on ``sets`` = [train, val or None]."""
+    train_set, val_set = sets
+    if head == "logreg":
+        model, report = fit_logreg(
+            [train_set.source.get(i) for i in range(len(train_set))],
+            np.asarray(train_set.labels),
+            len(data.classes),
+            val_sequences=[val_set.source.get(i) for i in range(len(val_set))] if val_set else None,
+            val_labels=np.asarray(val_set.labels) if val_set else None,
+            C=options["C"],
+            max_iter=options["max_iter"],
+            seed=config.seed,
+        )
+        history = [{"C": float(c), "val_acc": acc} for c, acc in report["val_accuracy_by_C"].items()] or [
+            {"C": report["C"], "val_acc": float("nan")}
+        ]
+        return Fitted(model, history, {"seed": config.seed, "fit": report})
+    model = create_head(head, data.input_dim, len(data.classes), **options)
+    result = train(model, train_set, val_set, config, device=device, progress=progress)
+    return Fitted(model, result.history, asdict(config), result.best_epoch, result.stopped_early)
+
+
+def _write_run(out_dir: Path, model: nn.Module, history: list[dict], metrics: dict, run_config: dict) -> None:
+    """Everything but config.json first, config.json last: a directory with it holds a finished run."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, out_dir / CHECKPOINT)
+    _write_log(history, out_dir / LOG)
+    _plot_curves(history, out_dir / CURVES, run_config["head"])
+    title = f"{run_config['head']}, fold {run_config['fold']}: top-1 {metrics['top1']:.3f}"
+    _plot_confusion(metrics["confusion"], run_config["classes"], out_dir / CONFUSION, title)
+    _json_dump(metrics, out_dir / METRICS)
+    _json_dump(run_config, out_dir / CONFIG)
+
+
+def run_finished(run_dir: str | Path) -> bool:
+    """Whether ``run_dir`` holds a finished run: its metrics and its config (written last) are both there."""
+    return (Path(run_dir) / METRICS).exists() and (Path(run_dir) / CONFIG).exists()
+
+
+def _split_record(split: FoldSplit) -> dict:
+    return {"val_source": split.val_source,
+            "split_sizes": {"train": len(split.train), "val": len(split.val), "test": len(split.test)}}
+
+
+def _features_record(features_path: StorePath, data: RunData) -> dict:
+    return {"path": resolve_store_path(features_path), "provenance": data.provenance,
+            "provenance_hash": data.provenance_hash}
 
 
 def train_run(
@@ -201,6 +317,7 @@ def train_run(
     in_memory: bool | None = None,
     device: str | None = None,
     progress: bool = True,
+    data: RunData | None = None,
     **head_options,
 ) -> dict:
     """Train ``head`` on fold ``fold`` of the store, score it on the test split and write a run directory.
@@ -208,101 +325,44 @@ def train_run(
     ``train_options`` overrides :class:`TrainConfig` fields (lr, batch_size, mixup, ...), on top of the head's
     own recipe (:func:`~vidfeat.temporal.heads.training_defaults`, e.g. gcn's higher lr); ``epochs`` and
     ``seed`` are shortcuts for the common ones. ``logreg`` always pools every step of a video (sampling
-    mode ``all``). Returns the comparison row (see :func:`compare_runs`).
+    mode ``all``). ``data``: the store already loaded (a sweep's, shared by its runs), else it is read here.
+    Returns the comparison row (see :func:`compare_runs`).
     """
     out_dir = Path(out_dir)
-    config = TrainConfig.from_options({**training_defaults(head), **(train_options or {})})
-    config.seed = seed
-    if epochs is not None:
-        config.epochs = epochs
+    shortcuts = {"seed": seed, **({"epochs": epochs} if epochs is not None else {})}
+    config = TrainConfig.from_options({**training_defaults(head), **(train_options or {}), **shortcuts})
     options = resolve_options(head, head_options)
     sampling = {"mode": "all" if head == "logreg" else sample_mode, "segments": segments, "eval_clips": eval_clips}
     check_sampling(sampling["mode"], segments, eval_clips)
     device = torch.device(device) if device else default_device()
     _refuse_existing(out_dir)
-
-    with open_store(features_path) as store:
-        split = fold_split(store, fold, val_fraction, seed)
-        classes, input_dim, provenance = store.classes, store.feature_dim, dict(store.attrs)
-        provenance_hash = store.provenance_hash
-        keys = split.train + split.val + split.test
-        labels = dict(zip(keys, class_indices(store, keys)))
-        if uses_regions(head):
-            options = _region_options(store, head, options, config)
-    source = SequenceSource.from_store(features_path, keys, in_memory)
-    regions = RegionSource.from_store(features_path, keys, in_memory, head) if uses_regions(head) else None
-    train_set = _dataset(source, labels, split.train, sampling, True, seed, regions)
-    val_set = _dataset(source, labels, split.val, sampling, False, seed, regions) if split.val else None
-    test_set = _dataset(source, labels, split.test, sampling, False, seed, regions)
-
+    regions_for = head if uses_regions(head) else None
+    data = data or RunData.load(features_path, [fold], regions_for=regions_for, in_memory=in_memory)
+    if regions_for:
+        options = _region_options(data, head, options, config)
+    split = data.split(fold, val_fraction, seed)
+    regions = data.regions if uses_regions(head) else None
+    sets = [
+        _dataset(data.source, data.labels, keys, sampling, train, seed, regions) if keys else None
+        for keys, train in ((split.train, True), (split.val, False), (split.test, False))
+    ]
     torch.manual_seed(seed)
     started = time.perf_counter()
-    if head == "logreg":
-        model, report = fit_logreg(
-            [train_set.source.get(i) for i in range(len(train_set))],
-            np.asarray(train_set.labels),
-            len(classes),
-            val_sequences=[val_set.source.get(i) for i in range(len(val_set))] if val_set else None,
-            val_labels=np.asarray(val_set.labels) if val_set else None,
-            C=options["C"],
-            max_iter=options["max_iter"],
-            seed=seed,
-        )
-        history = [{"C": float(c), "val_acc": acc} for c, acc in report["val_accuracy_by_C"].items()] or [
-            {"C": report["C"], "val_acc": float("nan")}
-        ]
-        training = {"seed": seed, "fit": report}
-        best_epoch, stopped_early = 0, False
-    else:
-        model = create_head(head, input_dim, len(classes), **options)
-        result = train(model, train_set, val_set, config, device=device, progress=progress)
-        history, best_epoch, stopped_early = result.history, result.best_epoch, result.stopped_early
-        training = asdict(config)
+    fitted = _fit(head, options, config, sets[:2], data, device, progress)
     train_time = time.perf_counter() - started
-    metrics = evaluate(model, test_set, classes, device=device)
-
+    metrics = evaluate(fitted.model, sets[2], data.classes, device=device)
     run_config = {
-        "format": RUN_FORMAT,
-        "head": head,
-        "head_options": options,
-        "input_dim": input_dim,
-        "num_classes": len(classes),
-        "classes": classes,
-        "fold": fold,
-        "sampling": sampling,
-        "training": training,
-        "seed": seed,
-        "val_fraction": val_fraction,
-        "val_source": split.val_source,
-        "split_sizes": {"train": len(split.train), "val": len(split.val), "test": len(split.test)},
-        "features": {
-            "path": resolve_store_path(features_path),
-            "provenance": provenance,
-            "provenance_hash": provenance_hash,
-        },
-        "software": _software(),
-        "device": str(device),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "checkpoint": CHECKPOINT,
+        "format": RUN_FORMAT, "head": head, "head_options": options, "input_dim": data.input_dim,
+        "num_classes": len(data.classes), "classes": data.classes, "fold": fold, "sampling": sampling,
+        "training": fitted.training, "seed": seed, "val_fraction": val_fraction, **_split_record(split),
+        "features": _features_record(features_path, data), "software": _software(), "device": str(device),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "checkpoint": CHECKPOINT,
     }
-    params = count_parameters(model)
     metrics.update(
-        split="test",
-        fold=fold,
-        head=head,
-        params=params,
-        train_time_s=train_time,
-        best_epoch=best_epoch,
-        stopped_early=stopped_early,
+        split="test", fold=fold, head=head, params=count_parameters(fitted.model), train_time_s=train_time,
+        best_epoch=fitted.best_epoch, stopped_early=fitted.stopped_early,
     )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, out_dir / CHECKPOINT)
-    _write_log(history, out_dir / LOG)
-    _plot_curves(history, out_dir / CURVES, head)
-    title = f"{head}, fold {fold}: top-1 {metrics['top1']:.3f}"
-    _plot_confusion(metrics["confusion"], classes, out_dir / CONFUSION, title)
-    _json_dump(metrics, out_dir / METRICS)
-    _json_dump(run_config, out_dir / CONFIG)
+    _write_run(out_dir, fitted.model, fitted.history, metrics, run_config)
     return _row(out_dir, run_config, metrics)
 
 
@@ -428,16 +488,29 @@ def predict_sequences(
         mode=sampling["mode"],
         train=False,
         num_clips=sampling["eval_clips"],
-        regions=RegionSource(source.keys, arrays=regions) if uses_regions(config["head"]) else None,
+        regions=RegionSource.from_arrays(regions, source.keys) if uses_regions(config["head"]) else None,
     )
     return predict_proba(model, dataset, device=next(model.parameters()).device)
+
+
+def configuration_label(config: dict) -> str:
+    """What sets a run's configuration apart, e.g. ``lstm hidden=64 lr=0.003``: the head plus the head and training
+    options that differ from their defaults (seed and fold left out, so repeats of a configuration share it)."""
+    head = config["head"]
+    changed = {k: v for k, v in config["head_options"].items() if head_defaults(head).get(k, v) != v}
+    if head != "logreg":
+        defaults = asdict(TrainConfig.from_options(training_defaults(head)))
+        changed.update({k: v for k, v in config["training"].items() if k != "seed" and defaults.get(k) != v})
+    return " ".join([head, *(f"{k}={v}" for k, v in changed.items())])
 
 
 def _row(run_dir: Path, config: dict, metrics: dict) -> dict:
     return {
         "run_dir": str(run_dir),
         "head": config["head"],
+        "configuration": configuration_label(config),
         "fold": config["fold"],
+        "seed": config["seed"],
         "top1": metrics["top1"],
         "top5": metrics["top5"],
         "mean_class_accuracy": metrics["mean_class_accuracy"],
@@ -446,20 +519,103 @@ def _row(run_dir: Path, config: dict, metrics: dict) -> dict:
     }
 
 
-def compare_runs(run_dirs: Sequence[str | Path]) -> list[dict]:
-    """One row per run (head, fold, top1, top5, mean class accuracy, params, train time); a fold-``all``
-    directory gives the fold mean plus ``*_std`` columns."""
-    rows = []
+def _expand(run_dirs: Sequence[str | Path]) -> list[Path]:
+    """Run directories, a sweep's directory standing for all its finished runs."""
+    out = []
     for run_dir in map(Path, run_dirs):
+        if (run_dir / SWEEP_FILE).exists():
+            out += sorted(p.parent for p in run_dir.glob(f"*/*/{METRICS}") if run_finished(p.parent))
+        else:
+            out.append(run_dir)
+    return out
+
+
+def compare_runs(run_dirs: Sequence[str | Path]) -> list[dict]:
+    """One row per run (head, configuration, fold, seed, top1, top5, mean class accuracy, params, train time); a
+    fold-``all`` directory gives the fold mean plus ``*_std`` columns, a sweep's directory all its finished runs."""
+    rows = []
+    for run_dir in _expand(run_dirs):
         if (run_dir / SUMMARY).exists():
             summary = _read_json(run_dir / SUMMARY)
-            row = {"run_dir": str(run_dir), "head": summary["head"], "fold": "all", **summary["mean"]}
+            row = {"run_dir": str(run_dir), "head": summary["head"], "configuration": f"{summary['head']} (folds)",
+                   "fold": "all", "seed": summary["folds"][0].get("seed"), **summary["mean"]}
             row.update({f"{m}_std": summary["std"][m] for m in SUMMARY_METRICS})
             row.update(params=summary["params"], train_time_s=summary["train_time_s"])
         else:
             row = _row(run_dir, _read_json(run_dir / CONFIG), _read_json(run_dir / METRICS))
         rows.append(row)
     return rows
+
+
+def rank_configurations(rows: list[dict]) -> list[dict]:
+    """Configurations ranked by mean top-1 over their runs (seeds and folds), best first, with the sample standard
+    deviation of each metric over the runs (0 for a single run)."""
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(row["configuration"], []).append(row)
+    ranking = []
+    for name, members in groups.items():
+        entry = {"configuration": name, "head": members[0]["head"], "runs": len(members)}
+        for metric in (*SUMMARY_METRICS, "train_time_s"):
+            values = [r[metric] for r in members]
+            entry[metric] = float(np.mean(values))
+            entry[f"{metric}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+        entry["params"] = members[0]["params"]
+        entry["run_dirs"] = [r["run_dir"] for r in members]
+        ranking.append(entry)
+    ranking.sort(key=lambda e: (-e["top1"], e["top1_std"], e["configuration"]))
+    return [{"rank": i + 1, **entry} for i, entry in enumerate(ranking)]
+
+
+def format_ranking(ranking: list[dict]) -> str:
+    """Plain-text table of :func:`rank_configurations` (accuracies in %, mean ± std over the runs)."""
+    header = ["rank", "configuration", "runs", "top1", "top5", "mean-class", "params", "train s"]
+    table = [
+        [str(e["rank"]), e["configuration"], str(e["runs"])]
+        + [f"{100 * e[m]:.1f} ± {100 * e[m + '_std']:.1f}" for m in SUMMARY_METRICS]
+        + [f"{e['params']:,}", f"{e['train_time_s']:.1f}"]
+        for e in ranking
+    ]
+    return _table(header, table)
+
+
+def _plot_comparison(ranking: list[dict], path: Path) -> None:
+    """Top: mean top-1 ± std per configuration. Below: validation accuracy per epoch of every run, one panel per
+    head, one colour per configuration."""
+    heads = sorted({e["head"] for e in ranking if e["head"] != "logreg"})
+    fig = _figure((max(8, 0.6 * len(ranking) + 3), 4 + 3 * math.ceil(len(heads) / 3)))
+    grid = fig.add_gridspec(1 + math.ceil(len(heads) / 3), min(3, max(1, len(heads))))
+    bars = fig.add_subplot(grid[0, :])
+    names = [e["configuration"] for e in ranking]
+    bars.bar(range(len(ranking)), [100 * e["top1"] for e in ranking], yerr=[100 * e["top1_std"] for e in ranking],
+             capsize=4, color=[f"C{i % 10}" for i in range(len(ranking))])
+    bars.set_xticks(range(len(ranking)), names, rotation=30, ha="right", fontsize=8)
+    bars.set(ylabel="test top-1 (%)", title="configurations: mean ± std over seeds and folds")
+    for n, head in enumerate(heads):
+        ax = fig.add_subplot(grid[1 + n // 3, n % 3])
+        for i, entry in enumerate(ranking):
+            if entry["head"] != head:
+                continue
+            for k, run_dir in enumerate(entry["run_dirs"]):
+                log = Path(run_dir) / LOG
+                if log.exists():
+                    with log.open() as f:
+                        rows = list(csv.DictReader(f))
+                    ax.plot([int(r["epoch"]) for r in rows], [float(r["val_acc"]) for r in rows], color=f"C{i % 10}",
+                            alpha=0.7, label=entry["configuration"] if k == 0 else None)
+        ax.set(xlabel="epoch", ylabel="validation accuracy", title=head)
+        ax.legend(fontsize=6)
+    fig.savefig(path, dpi=100)
+
+
+def write_comparison(ranking: list[dict], out_dir: str | Path) -> tuple[Path, Path]:
+    """``comparison.csv`` (one row per configuration) and ``comparison.png`` in ``out_dir``; returns their paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table, plot = out_dir / COMPARISON_CSV, out_dir / COMPARISON_PLOT
+    _write_log([{k: v for k, v in e.items() if k != "run_dirs"} for e in ranking], table)
+    _plot_comparison(ranking, plot)
+    return table, plot
 
 
 def format_comparison(rows: list[dict]) -> str:
@@ -469,12 +625,13 @@ def format_comparison(rows: list[dict]) -> str:
         value = f"{100 * row[metric]:.1f}"
         return value + (f" ± {100 * row[metric + '_std']:.1f}" if f"{metric}_std" in row else "")
 
-    header = ["run", "head", "fold", "top1", "top5", "mean-class", "params", "train s"]
+    header = ["run", "head", "fold", "seed", "top1", "top5", "mean-class", "params", "train s"]
     table = [
         [
             Path(r["run_dir"]).name,
             r["head"],
             str(r["fold"]),
+            str(r["seed"]),
             pct(r, "top1"),
             pct(r, "top5"),
             pct(r, "mean_class_accuracy"),
@@ -483,5 +640,9 @@ def format_comparison(rows: list[dict]) -> str:
         ]
         for r in rows
     ]
+    return _table(header, table)
+
+
+def _table(header: list[str], table: list[list[str]]) -> str:
     widths = [max(len(line[i]) for line in [header, *table]) for i in range(len(header))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)) for line in [header, *table])

@@ -86,22 +86,37 @@ def write_random_store(
     steps: int = 64,
     dim: int = 2048,
     classes: int = 51,
+    rois: int = 0,
     seed: int = 0,
 ) -> Path:
     """A float16 cache of HMDB51 size (by default) with random features and 3 folds, for throughput
-    benchmarks; the values carry no signal."""
+    benchmarks; the values carry no signal. ``rois`` > 0 adds that many random ``dim``-d regions per step."""
     rng = np.random.default_rng(seed)
     names = [f"class{c:02d}" for c in range(classes)]
-    records = (
-        VideoRecord(
-            key=f"{names[i % classes]}/v{i:05d}",
-            features=rng.standard_normal((steps, dim), dtype=np.float32).astype(np.float16),
-            timestamps=np.arange(steps) / 25.0,
-            frame_indices=np.arange(steps, dtype=np.int64),
-            label=names[i % classes],
-            splits=_splits(i, classes, 3),
-        )
-        for i in range(videos)
-    )
-    write_store(path, records, synthetic_provenance(dim, names, 3, "float16", "random"))
+    records = (_random_record(rng, f"{names[i % classes]}/v{i:05d}", names[i % classes], _splits(i, classes, 3),
+                              steps, dim, rois) for i in range(videos))
+    provenance = synthetic_provenance(dim, names, 3, "float16", "random")
+    if rois:
+        provenance["rois"] = {"source": "synthetic", "max_rois": rois, "feature_dim": dim}
+    write_store(path, records, provenance)
     return Path(path)
+
+
+def _random_record(rng, key: str, label: str, splits: tuple, steps: int, dim: int, rois: int) -> VideoRecord:
+    regions = {}
+    if rois:
+        corner = rng.uniform(0, 0.5, (steps, rois, 2)).astype(np.float32)
+        regions = {
+            "roi_features": rng.standard_normal((steps, rois, dim), dtype=np.float32).astype(np.float16),
+            "boxes": np.concatenate([corner, corner + rng.uniform(0.1, 0.5, (steps, rois, 2))], -1).astype(np.float32),
+            "roi_mask": np.ones((steps, rois), dtype=bool),
+        }
+    return VideoRecord(
+        key=key,
+        features=rng.standard_normal((steps, dim), dtype=np.float32).astype(np.float16),
+        timestamps=np.arange(steps) / 25.0,
+        frame_indices=np.arange(steps, dtype=np.int64),
+        label=label,
+        splits=splits,
+        **regions,
+    )

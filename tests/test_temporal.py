@@ -352,7 +352,7 @@ def test_compare_rows(ramp_runs):
     assert rows[0]["params"] == 2 * 8 + 2  # mean: one linear layer 8 -> 2
     assert all(r["train_time_s"] > 0 for r in rows)
     table = format_comparison(rows)
-    header = ["run", "head", "fold", "top1", "top5", "mean-class", "params", "train", "s"]
+    header = ["run", "head", "fold", "seed", "top1", "top5", "mean-class", "params", "train", "s"]
     assert table.splitlines()[0].split() == header
     assert len(table.splitlines()) == 6
 
