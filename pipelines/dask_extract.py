@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Iterator
 
 import dask
+import torch
 from distributed import Client, KilledWorker, Nanny, Scheduler, SpecCluster, as_completed, get_worker
 from distributed.diagnostics.plugin import WorkerPlugin
 from tqdm import tqdm
@@ -52,6 +53,7 @@ class ExtractRequest:
     n_folds: int
     keys: frozenset[str]
     decode_workers: int | None
+    model_threads: int | None  # torch threads per worker (local clusters: the cores / workers); None: Dask's
 
 
 @dataclass
@@ -78,6 +80,8 @@ class _WorkerSession:
                 "job_script_prologue=['export DASK_DISTRIBUTED__WORKER__DAEMON=False']), or set "
                 "distributed.worker.daemon: false in their Dask config")
         self.worker_name = worker_name
+        if request.model_threads is not None:
+            torch.set_num_threads(request.model_threads)  # Dask starts workers with OMP_NUM_THREADS=1
         self.setup = prepare_extraction(set(request.keys), request.backbone, request.options, request.dataset,
                                         request.classes, request.n_folds, request.weights)
         self.shard = request.out / shard_file_name(worker_name)
@@ -168,11 +172,10 @@ def local_cluster(workers: int | None, device: str) -> SpecCluster:
         else:
             return LocalCUDACluster(n_workers=count, threads_per_worker=1, dashboard_address=":0",
                                     silence_logs=logging.ERROR)
-    threads = max(1, len(os.sched_getaffinity(0)) // count)
     specs = {
         i: {"cls": Nanny, "options": {
             "nthreads": 1, "name": i, "silence_logs": logging.ERROR,
-            "env": {"OMP_NUM_THREADS": str(threads), **({"CUDA_VISIBLE_DEVICES": str(i % gpus)} if gpus else {})},
+            "env": {"CUDA_VISIBLE_DEVICES": str(i % gpus)} if gpus else {},
         }}
         for i in range(count)
     }
@@ -282,10 +285,10 @@ def extract_on_dask(
     out.mkdir(parents=True, exist_ok=True)
     with dask_client(scale.cluster, scale.scheduler, scale.local_workers, options.device) as client:
         local = scale.cluster is not None
-        workers = len(client.scheduler_info()["workers"])
-        decode = options.workers or (max(1, len(os.sched_getaffinity(0)) // workers - 1) if local else None)
+        workers, cores = len(client.scheduler_info()["workers"]), len(os.sched_getaffinity(0))
+        decode = options.workers or (max(1, cores // workers - 1) if local else None)
         request = ExtractRequest(out, backbone, weights, replace(options, progress=False), dataset, classes, n_folds,
-                                 keys, decode)
+                                 keys, decode, max(1, cores // workers) if local else None)
         total.dashboard = dashboard_link(client)
         if total.dashboard and options.progress:
             tqdm.write(f"Dask dashboard: {total.dashboard}")
