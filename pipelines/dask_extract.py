@@ -32,7 +32,8 @@ from vidfeat.extract.runner import (
 )
 from vidfeat.features.store import CommittedKeys, StoreWriter
 from vidfeat.pipelines.scaleout import (
-    ClusterError, ScaledSummary, ScaleOut, WorkerStats, check_shard_directory, refuse_stale,
+    ClusterError, ScaledSummary, ScaleOut, WorkerStats, check_shard_directory, make_shard_directory,
+    refuse_stale,
 )
 
 PLUGIN_NAME = "vidfeat-extract"
@@ -286,7 +287,7 @@ def extract_on_dask(
     todo = videos_to_extract(jobs, stored, options.skip_failed, total.summary)
     if not todo:
         return total
-    out.mkdir(parents=True, exist_ok=True)
+    make_shard_directory(out)
     with dask_client(scale.cluster, scale.scheduler, scale.local_workers, options.device) as client:
         local = scale.cluster is not None
         workers, cores = len(client.scheduler_info()["workers"]), len(os.sched_getaffinity(0))

@@ -230,10 +230,11 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     try:
         campaigns = []
-        for name, trials, campaign in (("corrupt", args.corrupt, corrupt_campaign), ("kill", args.kills, kill_campaign)):
+        plan = (("corrupt", args.corrupt, corrupt_campaign), ("kill", args.kills, kill_campaign))
+        for name, trials, run_campaign in plan:
             if trials:
                 (work / name).mkdir()
-                campaigns.append(campaign(work / name, trials, args.seed))
+                campaigns.append(run_campaign(work / name, trials, args.seed))
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
@@ -245,7 +246,8 @@ def main() -> None:
         for problem in campaign.problems:
             print(f"{campaign.name}: {problem}")
         if campaign.missed:
-            print(f"{campaign.name}: {len(campaign.missed)} run(s) ended before their kill ({', '.join(campaign.missed)})")
+            print(f"{campaign.name}: {len(campaign.missed)} run(s) ended before their kill "
+                  f"({', '.join(campaign.missed)})")
     sys.exit(0 if all(c.survived == c.trials and not (c.lost or c.crashes or c.hangs) for c in campaigns) else 1)
 
 

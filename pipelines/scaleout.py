@@ -128,6 +128,13 @@ def check_shard_directory(out: Path, provenance: dict) -> StoredVideos:
         return StoredVideos.of(existing)
 
 
+def make_shard_directory(out: Path) -> None:
+    """The directory a sharded run writes into; its parent must exist (a typo must not create a tree)."""
+    if not out.parent.is_dir():
+        raise StoreError(f"the folder {out.parent} does not exist; create it, or fix --out")
+    out.mkdir(exist_ok=True)
+
+
 def refuse_stale(jobs: list[VideoJob], stored: StoredVideos, out: Path) -> None:
     """A changed source would be re-extracted into another shard than the one holding its old rows."""
     stale = [job for job in jobs if job.key in stored.done and stored.is_stale(job.key, job.path)]
@@ -162,9 +169,8 @@ def extract_shard(
     elsewhere = stored.done - in_own  # only a --cluster run into the same directory puts them there
     summary = new_summary(own, len(mine), setup)
     summary.already_done = sum(job.key in elsewhere for job in mine)
-    out.mkdir(parents=True, exist_ok=True)
+    make_shard_directory(out)
     return extract_prepared(setup, [job for job in mine if job.key not in elsewhere], own, summary)
-
 
 
 def extract_scaled(
@@ -178,7 +184,8 @@ def extract_scaled(
     try:
         from vidfeat.pipelines import dask_extract
     except ImportError as exc:
-        raise MissingDependency(f"--cluster and --scheduler need Dask ({exc}); install the extra: {DIST_EXTRA}") from exc
+        raise MissingDependency(
+            f"--cluster and --scheduler need Dask ({exc}); install the extra: {DIST_EXTRA}") from exc
     result = dask_extract.extract_on_dask(jobs, out, backbone, weights, options, dataset, classes, n_folds, scale)
     if scale.merge is not None and not result.summary.interrupted:
         merge_directory(out, scale.merge)

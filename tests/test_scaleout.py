@@ -248,3 +248,9 @@ def test_without_dask_the_error_names_the_extra(hmdb, tmp_path, monkeypatch):
     monkeypatch.delattr(vidfeat.pipelines, "dask_extract", raising=False)  # imported by an earlier test
     result = run_cli(*extract_args(hmdb, tmp_path / "shards", "--cluster", "local:2"))
     assert result.exit_code == 1 and "pip install 'vidfeat[dist]'" in result.output, result.output
+
+
+def test_a_shard_directory_needs_its_parent(hmdb, tmp_path):
+    result = run_cli(*extract_args(hmdb, tmp_path / "no such folder" / "shards", "--shard", "1/2"))
+    assert result.exit_code == 1 and "no such folder does not exist; create it" in result.output
+    assert not (tmp_path / "no such folder").exists()
