@@ -157,20 +157,17 @@ def merge_directory(out: Path, merged: Path) -> int:
 def extract_shard(
     setup: ExtractionSetup, jobs: list[VideoJob], out: Path, shard: Shard
 ) -> ExtractSummary:
-    """Array job ``shard``: its videos into ``out/<shard file>``, skipping any another shard already holds."""
+    """Array job ``shard``: its videos into ``out/<shard file>``, skipping any shard of ``out`` already holds
+    (changed sources were refused, so a stored video is done whichever shard holds it)."""
     stored = check_shard_directory(out, setup.provenance)
     mine = [job for job in jobs if shard.takes(job.key)]
     refuse_stale(mine, stored, out)
     own = out / shard.file_name
-    in_own: set[str] = set()
-    if own in shard_paths(out):
-        with FeatureStore([own]) as store:
-            in_own = set(store.keys())
-    elsewhere = stored.done - in_own  # only a --cluster run into the same directory puts them there
     summary = new_summary(own, len(mine), setup)
-    summary.already_done = sum(job.key in elsewhere for job in mine)
+    todo = [job for job in mine if job.key not in stored.done]
+    summary.already_done = len(mine) - len(todo)
     make_shard_directory(out)
-    return extract_prepared(setup, [job for job in mine if job.key not in elsewhere], own, summary)
+    return extract_prepared(setup, todo, own, summary)
 
 
 def extract_scaled(
