@@ -30,6 +30,7 @@ from vidfeat.extract.device import (
     BatchOutput, DeviceStage, Model, ModelSettings, autocast_dtype, default_batch_size, resolve_device,
 )
 from vidfeat.extract.rois import ROI_OUTPUT_SIZE, BoxSource, parse_roi_source
+from vidfeat.extract.spatial import SpatialGrid, spatial_grid
 from vidfeat.extract.video import Geometry, Sampling, backend_versions
 from vidfeat.extract.windows import Windowing
 from vidfeat.features.store import StoreWriter, VideoRecord
@@ -55,6 +56,8 @@ class ExtractOptions:
     roi_score_threshold: float = 0.5
     roi_classes: tuple[str, ...] = ()
     detector_weights: str | None = None
+    spatial: int | None = None       # S: also store the map average-pooled to S x S cells per row
+    spatial_layer: str | None = None  # frame backbones: the trunk stage the grid is pooled from (default: last)
     device: str = "auto"
     batch_size: int | None = None
     workers: int | None = None      # decode processes (default: the cores minus one, at least one)
@@ -131,7 +134,7 @@ def input_geometry(backbone: Backbone, options: ExtractOptions) -> Geometry:
 
 def build_provenance(
     backbone: Backbone, options: ExtractOptions, windowing: Windowing | None, boxes: BoxSource | None,
-    geometry: Geometry, dataset: dict, classes: list[str], n_folds: int,
+    geometry: Geometry, dataset: dict, classes: list[str], n_folds: int, grid: SpatialGrid | None = None,
 ) -> dict:
     """Everything that defines what the stored numbers mean, plus how and where they were made."""
     preprocessing = {**backbone.preprocessing.describe(), "resize": geometry.resize, "crop": geometry.crop}
@@ -144,6 +147,7 @@ def build_provenance(
                      "time_step": "the output time step whose input span holds the centre frame"}
                     if windowing is not None else {})}
         if boxes is not None else None,
+        "spatial": grid.describe(windowing is not None) if grid is not None else None,
         "backbone": backbone.name,
         "weights": backbone.weights_id,
         "feature_dim": backbone.extractor.feature_dim,
@@ -165,6 +169,7 @@ class _Video:
     indices: list[np.ndarray] = field(default_factory=list)
     ranges: list[np.ndarray] = field(default_factory=list)
     regions: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
+    spatial: list[np.ndarray] = field(default_factory=list)
     features: list[np.ndarray] = field(default_factory=list)
     queued: int = 0
     done: int = 0
@@ -176,11 +181,13 @@ class _Video:
 
 @dataclass(frozen=True)
 class _Plan:
-    """What the model sees per row: input geometry, clip windows (or single frames), region boxes (or none)."""
+    """What the model sees per row: input geometry, clip windows (or single frames), region boxes (or none), and
+    the spatial grid it stores (or none)."""
 
     geometry: Geometry
     windowing: Windowing | None
     boxes: BoxSource | None
+    grid: SpatialGrid | None = None
 
 
 def _concat_regions(regions: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> dict:
@@ -223,7 +230,13 @@ def extract_videos(
             options.rois, options.max_rois, {job.key for job in jobs}, score_threshold=options.roi_score_threshold,
             classes=list(options.roi_classes) or None, detector_weights=options.detector_weights, device=device,
         )
-    provenance = build_provenance(backbone, options, windowing, boxes, geometry, dataset, classes, n_folds)
+    grid = None
+    if options.spatial is not None:
+        body = backbone.extractor.body if backbone.kind == "frame" else None
+        grid = spatial_grid(options.spatial, options.spatial_layer, backbone.kind, backbone.extractor.feature_dim, body)
+    elif options.spatial_layer is not None:
+        raise ValueError("--spatial-layer only applies with --spatial S")
+    provenance = build_provenance(backbone, options, windowing, boxes, geometry, dataset, classes, n_folds, grid)
     summary = ExtractSummary(out=Path(out), total=len(jobs), device=str(device), batch_size=batch_size,
                              unit="frames" if windowing is None else "windows")
 
@@ -238,7 +251,7 @@ def extract_videos(
                 summary.stale += job.key in writer.done
                 todo.append(job)
         if todo:
-            _run(todo, writer, backbone, _Plan(geometry, windowing, boxes), device, batch_size, options, summary)
+            _run(todo, writer, backbone, _Plan(geometry, windowing, boxes, grid), device, batch_size, options, summary)
     summary.commits = writer.commits  # closing committed the last finished videos
     return summary
 
@@ -309,6 +322,8 @@ class _Assembler:
             if output.regions is not None:
                 regions = output.regions[rows].astype(self.options.dtype)
                 video.regions.append((regions, output.boxes[i], output.masks[i]))
+            if output.spatial is not None:
+                video.spatial.append(output.spatial[rows].astype(self.options.dtype))
             video.done += len(chunk)
             self.summary.rows += len(chunk)
         rate = self.summary.rows / (time.perf_counter() - self.start)
@@ -365,6 +380,7 @@ class _Assembler:
             frame_indices=np.concatenate(video.indices),
             frame_ranges=np.concatenate(video.ranges) if self.windows else None,
             **_concat_regions(video.regions),
+            spatial=np.concatenate(video.spatial) if video.spatial else None,
             label=video.job.label,
             splits=video.job.splits,
             source=str(video.job.path),
@@ -384,15 +400,18 @@ def model_settings(
     backbone: Backbone, plan: _Plan, device: torch.device, batch_size: int, options: ExtractOptions
 ) -> ModelSettings:
     """Frozen graphs (the architecture's fastest kind) are the CPU default for frame backbones on their fixed
-    crop; regions and clips run eagerly, as does ``--eager``; ``--compile`` compiles any of them."""
+    crop; regions, spatial grids and clips run eagerly, as does ``--eager``; ``--compile`` compiles any of them."""
     if options.eager and options.compile:
         raise ValueError("--eager and --compile exclude each other; choose one")
     if options.compile and plan.boxes is not None:
         raise ValueError("--compile does not apply with --rois (region maps come from the eager backbone); drop one")
+    if options.compile and plan.grid is not None:
+        raise ValueError("--compile does not apply with --spatial (grids come from the eager backbone); drop one")
     crop = plan.geometry.crop
     if options.compile:
         return ModelSettings(options.precision, "compiled", (batch_size,))
-    if (options.eager or device.type != "cpu" or backbone.kind != "frame" or plan.boxes is not None or not crop
+    if (options.eager or device.type != "cpu" or backbone.kind != "frame" or plan.boxes is not None
+            or plan.grid is not None or not crop
             or options.precision == "bf16"):  # frozen graphs are traced in fp32
         return ModelSettings(options.precision)
     return ModelSettings(options.precision, backbone.cpu_graph, (batch_size, crop, crop, 3))
@@ -469,7 +488,7 @@ def _run(
         pool.close()
         raise
     assembler = _Assembler(jobs, writer, summary, options, plan.windowing is not None)
-    extraction = _Extraction(DeviceStage(model, plan.boxes), plan, batch_size, assembler)
+    extraction = _Extraction(DeviceStage(model, plan.boxes, plan.grid), plan, batch_size, assembler)
     try:
         for message in pool.messages():
             extraction.handle(message)

@@ -110,9 +110,10 @@ def describe_store(store: FeatureStore) -> str:
                  "n_folds", "vidfeat_version", "created", "updated", "provenance_hash"):
         if name in attrs:
             lines.append(f"{name}: {attrs[name]}")
-    for name in ("preprocessing", "sampling", "window", "rois", "software"):
+    for name in ("preprocessing", "sampling", "window", "rois", "spatial", "software"):
         if attrs.get(name) is not None:
             lines.append(f"{name}: {attrs[name]}")
+    lines.append(format_row_cost(store.row_nbytes(), "frame" if attrs.get("kind") != "clip" else "window"))
     lines.append(f"videos: {len(store)}  rows: {rows}  rows/video: "
                  + (f"min {min(lengths.values())}, mean {rows / len(lengths):.1f}, max {max(lengths.values())}" if lengths else "-"))
     classes = store.classes
@@ -129,6 +130,13 @@ def describe_store(store: FeatureStore) -> str:
     lines.append(f"failures: {len(failures)}")
     lines += [f"  {source}: {error}" for source, error in failures]
     return "\n".join(lines)
+
+
+def format_row_cost(nbytes: dict[str, int], unit: str) -> str:
+    """Disk cost of one row (a frame or clip window), in total and per dataset, for sizing --spatial and --fps."""
+    total = sum(nbytes.values())
+    parts = ", ".join(f"{name} {size / 1024:.1f}" for name, size in sorted(nbytes.items(), key=lambda kv: -kv[1]))
+    return f"disk per {unit}: {total / 1024:.1f} KB ({parts} KB)"
 
 
 def backbone_for(provenance: dict, weights: str | None = None) -> Backbone:
@@ -174,6 +182,14 @@ def _region_options(provenance: dict, detector_weights: str | None) -> dict:
     return options
 
 
+def _spatial_options(provenance: dict) -> dict:
+    """Extraction options that reproduce a store's spatial grid (size and layer) for new videos."""
+    spatial = provenance.get("spatial")
+    if spatial is None:
+        return {}
+    return {"spatial": int(spatial["grid"]), "spatial_layer": spatial["layer"]}
+
+
 def _detector_weights(recorded: str, given: str | None) -> str | None:
     """The detector weights to find new videos' boxes with: the user's file, or what the store recorded."""
     if given is not None:
@@ -195,7 +211,7 @@ def reproducing_options(
     return ExtractOptions(
         sampling=Sampling.from_description(provenance["sampling"]), device=device, dtype=provenance["dtype"],
         clip_len=window.get("clip_len"), clip_stride=window.get("stride"), progress=False,
-        **_region_options(provenance, detector_weights),
+        **_region_options(provenance, detector_weights), **_spatial_options(provenance),
     )
 
 
