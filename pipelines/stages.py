@@ -230,8 +230,8 @@ def predict(
     device: str = "auto",
     detector_weights: str | None = None,
 ) -> list[Prediction]:
-    """Whole pipeline on new videos: extraction with the run's recorded backbone, preprocessing, sampling and
-    regions (through the normal runner, so batching and failure handling are the same), a check that the new
+    """Whole pipeline on new videos: extraction with the run's recorded backbone, preprocessing, sampling,
+    regions and spatial grid (through the normal runner, so batching and failure handling are the same), a check that the new
     features mean what the run's did, then the trained head."""
     model, config = load_run(run_dir)
     provenance = config["features"]["provenance"]
@@ -245,10 +245,11 @@ def predict(
             check_provenance(config, store.attrs, None, "the store extracted for prediction")
             sequences = {job.key: store.features(job.key) for job in jobs if job.key in store}
             regions = [store.rois(key) for key in sequences] if options.rois is not None else None
+            spatial = [store.spatial(key) for key in sequences] if options.spatial is not None else None
             errors = {key: error for key, _, error in store.failure_records()}
     predictions = [Prediction(job.path, error=errors.get(job.key, "")) for job in jobs]
     if sequences:
-        proba = predict_sequences(model, config, list(sequences.values()), regions)
+        proba = predict_sequences(model, config, list(sequences.values()), regions, spatial)
         by_key = dict(zip(sequences, proba))
         classes = config["classes"]
         for job, prediction in zip(jobs, predictions):

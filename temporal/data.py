@@ -1,7 +1,8 @@
 """Training data for the temporal heads: fold splits, sampled sequences and padded batches.
 
 Rows come from :class:`vidfeat.features.SequenceSource` (in memory when the cache fits, else one HDF5
-handle per DataLoader worker); region heads also get each video's RoIs from a :class:`RegionSource`.
+handle per DataLoader worker); region heads also get each video's RoIs from a :class:`RegionSource`, spatial heads
+its grid from a :class:`SpatialSource` (both :class:`RowArrays`, loaded or streamed the same way).
 """
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from vidfeat.features import FeatureStore, SequenceSource, StorePath, open_store, select_keys
+from vidfeat.features import FeatureStore, SequenceSource, StorePath, fits_in_memory, open_store, select_keys
+from vidfeat.features.store import ROI_DATASETS, SPATIAL_DATASET
 from vidfeat.temporal.sampling import check_sampling, sample_indices
 
 @dataclass
@@ -86,58 +88,109 @@ def require_regions(store: FeatureStore, head: str) -> dict:
     return dict(rois)
 
 
-class RegionSource:
-    """Region arrays of a list of keys, aligned with a :class:`SequenceSource`'s rows: all in memory, or read
-    on demand through ``store.rois(key)`` (one HDF5 handle per process, like the sequences)."""
+def require_spatial(store: FeatureStore, head: str) -> dict:
+    """The store's ``spatial`` provenance; a clear error naming ``vidfeat extract --spatial`` when it has none."""
+    spatial = store.attrs.get("spatial")
+    if not spatial:
+        raise ValueError(
+            f"head {head!r} works on spatial grids, but this store ({', '.join(map(str, store.paths))}) has none; "
+            "extract one with `vidfeat extract ... --spatial S` (e.g. 4), or train a frame head "
+            "(mean, lstm, tcn, transformer, logreg)"
+        )
+    return dict(spatial)
 
-    def __init__(self, keys: Sequence[str], *, arrays: Sequence[Regions] | None = None, path: StorePath | None = None):
+
+class RowArrays:
+    """Per-row arrays beyond the features (a region or spatial head's input) of a list of keys, aligned with a
+    :class:`SequenceSource`'s rows: all in memory, or read on demand (one HDF5 handle per process, like the
+    sequences). Subclasses say which datasets they read, how, and what the store must have."""
+
+    datasets: tuple[str, ...] = ()
+
+    def __init__(self, keys: Sequence[str], *, arrays: Sequence | None = None, path: StorePath | None = None):
         if arrays is None and path is None:
-            raise ValueError("a RegionSource needs either the region arrays or the store path to read them from")
+            raise ValueError(f"a {type(self).__name__} needs either the arrays or the store path to read them from")
         self.keys = list(keys)
         self.path, self._arrays = path, (list(arrays) if arrays is not None else None)
         self._store: FeatureStore | None = None
         self._pid: int | None = None
 
+    @staticmethod
+    def require(store: FeatureStore, head: str) -> dict:
+        """The store's provenance of these arrays; raises ValueError saying how to extract them."""
+        raise NotImplementedError
+
+    @staticmethod
+    def read(store: FeatureStore, key: str):
+        """One video's arrays as the store returns them (None when the store lacks them)."""
+        raise NotImplementedError
+
     @classmethod
-    def from_store(
-        cls, path: StorePath, keys: Sequence[str], in_memory: bool | None = None, head: str = "gcn"
-    ) -> "RegionSource":
-        """Regions of ``keys``; ``in_memory=None`` loads them when they take at most a quarter of the free RAM."""
+    def from_store(cls, path: StorePath, keys: Sequence[str], in_memory: bool | None = None, head: str = ""):
+        """Arrays of ``keys``; ``in_memory=None`` loads them when they fit (:func:`fits_in_memory`)."""
         with open_store(path) as store:
-            rois = require_regions(store, head)
+            cls.require(store, head)
             if in_memory is None:
-                lengths = store.lengths()
-                itemsize = np.dtype(store.attrs.get("dtype", "float32")).itemsize
-                per_row = int(rois["max_rois"]) * (int(rois["feature_dim"]) * itemsize + 4 * 4 + 1)
-                available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
-                in_memory = sum(lengths[k] for k in keys) * per_row <= available / 4
-            return cls(keys, arrays=[store.rois(k) for k in keys] if in_memory else None, path=path)
+                in_memory = fits_in_memory(store, keys, cls.datasets)
+            return cls(keys, arrays=[cls.read(store, k) for k in keys] if in_memory else None, path=path)
+
+    @property
+    def in_memory(self) -> bool:
+        return self._arrays is not None
 
     def __len__(self) -> int:
         return len(self.keys)
 
-    def subset(self, keys: Sequence[str]) -> "RegionSource":
+    def subset(self, keys: Sequence[str]):
         """A source over some of the keys, sharing the loaded arrays."""
         position = {k: i for i, k in enumerate(self.keys)}
         picked = [position[k] for k in keys]
         arrays = [self._arrays[i] for i in picked] if self._arrays is not None else None
-        return RegionSource(keys, arrays=arrays, path=self.path)
+        return type(self)(keys, arrays=arrays, path=self.path)
 
-    def get(self, index: int) -> Regions:
+    def get(self, index: int):
         if self._arrays is not None:
             return self._arrays[index]
         if self._store is None or self._pid != os.getpid():
             self._store = open_store(self.path)
             self._pid = os.getpid()
-        regions = self._store.rois(self.keys[index])
-        if regions is None:
-            raise ValueError(f"video {self.keys[index]!r} has no region features in {self.path}")
-        return regions
+        value = self.read(self._store, self.keys[index])
+        if value is None:
+            raise ValueError(f"video {self.keys[index]!r} has no {', '.join(self.datasets)} in {self.path}")
+        return value
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         state["_store"], state["_pid"] = None, None  # each worker opens its own handle
         return state
+
+
+class RegionSource(RowArrays):
+    """Each video's :data:`Regions` (for region heads such as ``gcn``)."""
+
+    datasets = ROI_DATASETS
+
+    @staticmethod
+    def require(store: FeatureStore, head: str) -> dict:
+        return require_regions(store, head or "gcn")
+
+    @staticmethod
+    def read(store: FeatureStore, key: str) -> Regions | None:
+        return store.rois(key)
+
+
+class SpatialSource(RowArrays):
+    """Each video's spatial grid ``[T, S*S, D]`` (for spatial heads such as ``timesformer`` and ``eco``)."""
+
+    datasets = (SPATIAL_DATASET,)
+
+    @staticmethod
+    def require(store: FeatureStore, head: str) -> dict:
+        return require_spatial(store, head or "timesformer")
+
+    @staticmethod
+    def read(store: FeatureStore, key: str) -> np.ndarray | None:
+        return store.spatial(key)
 
 
 class SequenceDataset(Dataset):
@@ -146,7 +199,8 @@ class SequenceDataset(Dataset):
     Training randomness (``train=True``) is drawn from a generator seeded by (seed, epoch, index), so
     a run is reproducible whatever the number of workers; call :meth:`set_epoch` every epoch.
     Evaluation takes the deterministic clip ``clip`` of ``num_clips``. With ``regions`` (for region heads)
-    each item also carries ``rois``, ``boxes`` and ``roi_mask`` at the same sampled steps as ``x``.
+    each item also carries ``rois``, ``boxes`` and ``roi_mask`` at the same sampled steps as ``x``; with
+    ``spatial`` (for spatial heads) the grid ``spatial [t, S*S, D]``.
     """
 
     def __init__(
@@ -160,18 +214,26 @@ class SequenceDataset(Dataset):
         seed: int = 0,
         num_clips: int = 1,
         regions: RegionSource | None = None,
+        spatial: SpatialSource | None = None,
     ) -> None:
         if len(labels) != len(source):
             raise ValueError(f"{len(labels)} labels for {len(source)} sequences")
-        if regions is not None and regions.keys != source.keys:
-            raise ValueError("the region source must hold the same videos, in the same order, as the sequences")
-        self.source, self.regions, self.labels = source, regions, [int(y) for y in labels]
+        for extra in (regions, spatial):
+            if extra is not None and extra.keys != source.keys:
+                raise ValueError(f"the {type(extra).__name__} must hold the same videos, in the same order, "
+                                 "as the sequences")
+        self.source, self.regions, self.spatial, self.labels = source, regions, spatial, [int(y) for y in labels]
         self.segments, self.mode, self.train, self.seed = segments, mode, train, seed
         self.num_clips, self.clip, self.epoch = num_clips, 0, 0
         check_sampling(mode, segments, num_clips)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    @property
+    def in_memory(self) -> bool:
+        """Whether every array an item reads is loaded (else DataLoader workers read them in parallel)."""
+        return all(part.in_memory for part in (self.source, self.regions, self.spatial) if part is not None)
 
     def __len__(self) -> int:
         return len(self.source)
@@ -191,6 +253,14 @@ class SequenceDataset(Dataset):
             item["rois"] = torch.from_numpy(np.asarray(rois[steps], dtype=np.float32))
             item["boxes"] = torch.from_numpy(np.asarray(boxes[steps], dtype=np.float32))
             item["roi_mask"] = torch.from_numpy(np.asarray(roi_mask[steps], dtype=bool))
+        if self.spatial is not None:
+            grid = self.spatial.get(index)
+            if len(grid) != len(rows):
+                raise ValueError(
+                    f"video {self.source.keys[index]!r}: {len(grid)} grid rows for {len(rows)} feature rows; "
+                    "the store is inconsistent, extract it again"
+                )
+            item["spatial"] = torch.from_numpy(np.asarray(grid[steps], dtype=np.float32))
         return item
 
 

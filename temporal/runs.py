@@ -29,18 +29,23 @@ import numpy as np
 import torch
 from torch import nn
 
-from vidfeat.features import FeatureStore, ProvenanceMismatch, SequenceSource, StorePath, open_store, select_keys
+from vidfeat.features import (
+    FeatureStore, ProvenanceMismatch, SequenceSource, StorePath, fits_in_memory, open_store, select_keys,
+)
 from vidfeat.features.store import IDENTITY_FIELDS
 from vidfeat.temporal.data import (
     Regions,
     RegionSource,
+    RowArrays,
     SequenceDataset,
+    SpatialSource,
     class_indices,
     fold_split,
     require_regions,
+    require_spatial,
     resolve_store_path,
 )
-from vidfeat.temporal.heads import create_head, resolve_options, training_defaults, uses_regions
+from vidfeat.temporal.heads import create_head, resolve_options, training_defaults, uses_regions, uses_spatial
 from vidfeat.temporal.logreg import fit_logreg
 from vidfeat.temporal.sampling import check_sampling
 from vidfeat.temporal.training import (
@@ -161,6 +166,7 @@ def _dataset(
     train: bool,
     seed: int,
     regions: RegionSource | None = None,
+    spatial: SpatialSource | None = None,
 ) -> SequenceDataset:
     return SequenceDataset(
         source.subset(keys),
@@ -171,6 +177,7 @@ def _dataset(
         seed=seed,
         num_clips=1 if train else sampling["eval_clips"],
         regions=regions.subset(keys) if regions is not None else None,
+        spatial=spatial.subset(keys) if spatial is not None else None,
     )
 
 
@@ -183,6 +190,34 @@ def _region_options(store: FeatureStore, head: str, options: dict, config: Train
     if config.mixup > 0:
         raise ValueError(f"mixup mixes frame features only, not regions; train {head!r} with mixup 0")
     return {**options, "roi_dim": roi_dim}
+
+
+def _spatial_options(store: FeatureStore, head: str, options: dict, config: TrainConfig) -> dict:
+    """A spatial head's options completed with the store's grid size and depth; refuses stores without a grid."""
+    spatial = require_spatial(store, head)
+    recorded = {"spatial_dim": int(spatial["feature_dim"]), "grid": int(spatial["grid"])}
+    for name, value in recorded.items():
+        if options.get(name) not in (None, value):
+            raise ValueError(f"{name}={options[name]} was given, but the store's spatial grid has {name}={value}")
+    if config.mixup > 0:
+        raise ValueError(f"mixup mixes frame features only, not spatial grids; train {head!r} with mixup 0")
+    return {**options, **recorded}
+
+
+def _extra_sources(
+    path: StorePath, head: str, keys: list[str], in_memory: bool | None
+) -> tuple[SequenceSource, RegionSource | None, SpatialSource | None]:
+    """The sequences plus the regions or grid the head reads, all loaded or all streamed: together they must fit
+    in memory (:func:`~vidfeat.features.fits_in_memory`), else every part is read from disk on demand."""
+    extras: list[type[RowArrays]] = [kind for kind, wanted in ((RegionSource, uses_regions(head)),
+                                                               (SpatialSource, uses_spatial(head))) if wanted]
+    if in_memory is None:
+        with open_store(path) as store:
+            datasets = ("features", *(name for kind in extras for name in kind.datasets))
+            in_memory = fits_in_memory(store, keys, datasets)
+    source = SequenceSource.from_store(path, keys, in_memory)
+    loaded = {kind: kind.from_store(path, keys, in_memory, head) for kind in extras}
+    return source, loaded.get(RegionSource), loaded.get(SpatialSource)
 
 
 def train_run(
@@ -229,11 +264,12 @@ def train_run(
         labels = dict(zip(keys, class_indices(store, keys)))
         if uses_regions(head):
             options = _region_options(store, head, options, config)
-    source = SequenceSource.from_store(features_path, keys, in_memory)
-    regions = RegionSource.from_store(features_path, keys, in_memory, head) if uses_regions(head) else None
-    train_set = _dataset(source, labels, split.train, sampling, True, seed, regions)
-    val_set = _dataset(source, labels, split.val, sampling, False, seed, regions) if split.val else None
-    test_set = _dataset(source, labels, split.test, sampling, False, seed, regions)
+        if uses_spatial(head):
+            options = _spatial_options(store, head, options, config)
+    source, regions, spatial = _extra_sources(features_path, head, keys, in_memory)
+    train_set = _dataset(source, labels, split.train, sampling, True, seed, regions, spatial)
+    val_set = _dataset(source, labels, split.val, sampling, False, seed, regions, spatial) if split.val else None
+    test_set = _dataset(source, labels, split.test, sampling, False, seed, regions, spatial)
 
     torch.manual_seed(seed)
     started = time.perf_counter()
@@ -391,11 +427,10 @@ def evaluate_run(
             raise ValueError(f"store {path} has no labelled test videos in fold {config['fold']}; nothing to score")
         labels = class_indices(store, test_keys)
     sampling = config["sampling"]
-    source = SequenceSource.from_store(path, test_keys)
-    regions = RegionSource.from_store(path, test_keys, head=config["head"]) if uses_regions(config["head"]) else None
+    source, regions, spatial = _extra_sources(path, config["head"], test_keys, None)
     test_set = SequenceDataset(
         source, labels, segments=sampling["segments"], mode=sampling["mode"], train=False,
-        num_clips=sampling["eval_clips"], regions=regions,
+        num_clips=sampling["eval_clips"], regions=regions, spatial=spatial,
     )
     metrics = evaluate(model, test_set, config["classes"], device=device)
     metrics.update(split="test", fold=config["fold"], head=config["head"], features=resolve_store_path(path))
@@ -403,11 +438,13 @@ def evaluate_run(
 
 
 def predict_sequences(
-    model: nn.Module, config: dict, sequences: Sequence[np.ndarray], regions: Sequence[Regions] | None = None
+    model: nn.Module, config: dict, sequences: Sequence[np.ndarray], regions: Sequence[Regions] | None = None,
+    spatial: Sequence[np.ndarray] | None = None,
 ) -> np.ndarray:
     """``[N, C]`` class probabilities for ``[T, D]`` feature arrays, sampled the way the run evaluates.
 
-    A region head (``gcn``) also needs each video's ``(roi_features, boxes, roi_mask)`` as ``store.rois`` gives them.
+    A region head (``gcn``) also needs each video's ``(roi_features, boxes, roi_mask)`` as ``store.rois`` gives them,
+    a spatial head (``timesformer``, ``eco``) each video's grid as ``store.spatial`` gives it.
     """
     dims = {int(s.shape[1]) for s in sequences}
     if dims != {config["input_dim"]}:
@@ -419,6 +456,11 @@ def predict_sequences(
             f"the {config['head']!r} run needs the region features of every video; extract them with the run's "
             f"RoI settings ({json.dumps(config['features']['provenance'].get('rois'))})"
         )
+    if uses_spatial(config["head"]) and (spatial is None or len(spatial) != len(sequences)):
+        raise ValueError(
+            f"the {config['head']!r} run needs the spatial grid of every video; extract it with the run's grid "
+            f"settings ({json.dumps(config['features']['provenance'].get('spatial'))})"
+        )
     source = SequenceSource.from_arrays(sequences)
     sampling = config["sampling"]
     dataset = SequenceDataset(
@@ -429,6 +471,7 @@ def predict_sequences(
         train=False,
         num_clips=sampling["eval_clips"],
         regions=RegionSource(source.keys, arrays=regions) if uses_regions(config["head"]) else None,
+        spatial=SpatialSource(source.keys, arrays=spatial) if uses_spatial(config["head"]) else None,
     )
     return predict_proba(model, dataset, device=next(model.parameters()).device)
 
