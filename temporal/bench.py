@@ -7,6 +7,7 @@ as one scikit-learn fit (pooling included) with a fixed C. The features carry no
 measures speed, not accuracy.
 
     python -m vidfeat.temporal.bench [--videos N] [--steps T] [--dim D] [--heads mean,lstm,...]
+    python -m vidfeat.temporal.bench --spatial 4 --steps 16 --dim 1280 --heads timesformer,eco   # spatial heads
 """
 from __future__ import annotations
 
@@ -20,8 +21,8 @@ import numpy as np
 import torch
 
 from vidfeat.features import SequenceSource, open_store
-from vidfeat.temporal.data import SequenceDataset, class_indices, fold_split
-from vidfeat.temporal.heads import create_head, list_heads, uses_regions
+from vidfeat.temporal.data import SequenceDataset, SpatialSource, class_indices, fold_split
+from vidfeat.temporal.heads import create_head, list_heads, uses_regions, uses_spatial
 from vidfeat.temporal.logreg import fit_logreg
 from vidfeat.temporal.synthetic import write_random_store
 from vidfeat.temporal.training import TrainConfig, count_parameters, default_device, train
@@ -35,9 +36,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--classes", type=int, default=51)
     parser.add_argument(
         "--heads",
-        default=",".join(h for h in list_heads() if not uses_regions(h)),
-        help="comma-separated frame head names (region heads need a store with RoIs)",
+        default=",".join(h for h in list_heads() if not uses_regions(h) and not uses_spatial(h)),
+        help="comma-separated head names (region heads need a store with RoIs, spatial heads --spatial)",
     )
+    parser.add_argument("--spatial", type=int, default=None, metavar="S",
+                        help="also write a random S x S grid per row (dim-deep), for the spatial heads")
     parser.add_argument("--segments", type=int, default=8, help="TSN segments K sampled per video")
     parser.add_argument("--sample-mode", default="segments", choices=("segments", "window", "all"))
     parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
@@ -56,7 +59,8 @@ def _bench_head(name: str, dataset: SequenceDataset, classes: int, dim: int, arg
         seconds = time.perf_counter() - start
         note = "one fit (100 lbfgs iterations)"
         return {"head": name, "params": count_parameters(model), "epoch_s": seconds, "note": note}
-    model = create_head(name, dim, classes)
+    grid = {"spatial_dim": dim, "grid": args.spatial} if uses_spatial(name) else {}
+    model = create_head(name, dim, classes, **grid)
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, patience=0)
     result = train(model, dataset, None, config, device=device, progress=False)
     ends = [row["time_s"] for row in result.history]
@@ -69,13 +73,14 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device(args.device) if args.device else default_device()
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         path = Path(tmp) / "bench.h5"
-        size_gb = args.videos * args.steps * args.dim * 2 / 1e9
+        size_gb = args.videos * args.steps * args.dim * 2 * (1 + (args.spatial or 0) ** 2) / 1e9
         print(
             f"writing a synthetic cache: {args.videos} videos x {args.steps} steps x {args.dim} dims fp16 "
             f"({size_gb:.2f} GB)"
         )
         start = time.perf_counter()
-        write_random_store(path, videos=args.videos, steps=args.steps, dim=args.dim, classes=args.classes)
+        write_random_store(path, videos=args.videos, steps=args.steps, dim=args.dim, classes=args.classes,
+                           grid=args.spatial)
         print(f"  written in {time.perf_counter() - start:.1f} s")
         with open_store(path) as store:
             keys = fold_split(store, 1, val_fraction=0.0).train
@@ -83,7 +88,9 @@ def main(argv: list[str] | None = None) -> None:
         start = time.perf_counter()
         source = SequenceSource.from_store(path, keys, in_memory=True)
         print(f"  fold-1 train split ({len(keys)} videos) loaded into memory in {time.perf_counter() - start:.1f} s")
-        dataset = SequenceDataset(source, labels, segments=args.segments, mode=args.sample_mode, train=True)
+        spatial = SpatialSource.from_store(path, keys, in_memory=True) if args.spatial else None
+        dataset = SequenceDataset(source, labels, segments=args.segments, mode=args.sample_mode, train=True,
+                                  spatial=spatial)
         print(
             f"device {device}, {torch.get_num_threads()} CPU threads "
             f"(OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}), "

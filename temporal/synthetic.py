@@ -87,11 +87,13 @@ def write_random_store(
     dim: int = 2048,
     classes: int = 51,
     seed: int = 0,
+    grid: int | None = None,
 ) -> Path:
     """A float16 cache of HMDB51 size (by default) with random features and 3 folds, for throughput
-    benchmarks; the values carry no signal."""
+    benchmarks; the values carry no signal. ``grid`` S adds a random ``dim``-deep S x S spatial grid per row."""
     rng = np.random.default_rng(seed)
     names = [f"class{c:02d}" for c in range(classes)]
+    cells = (steps, grid * grid, dim) if grid else None
     records = (
         VideoRecord(
             key=f"{names[i % classes]}/v{i:05d}",
@@ -100,8 +102,13 @@ def write_random_store(
             frame_indices=np.arange(steps, dtype=np.int64),
             label=names[i % classes],
             splits=_splits(i, classes, 3),
+            spatial=rng.standard_normal(cells, dtype=np.float32).astype(np.float16) if grid else None,
         )
         for i in range(videos)
     )
-    write_store(path, records, synthetic_provenance(dim, names, 3, "float16", "random"))
+    provenance = synthetic_provenance(dim, names, 3, "float16", "random")
+    if grid:
+        provenance["spatial"] = {"grid": grid, "cells": grid * grid, "layer": "last", "feature_dim": dim,
+                                 "pooling": "random (synthetic)"}
+    write_store(path, records, provenance)
     return Path(path)
