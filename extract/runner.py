@@ -113,6 +113,16 @@ def sampling_for(backbone: Backbone, options: ExtractOptions) -> Sampling:
     return options.sampling
 
 
+def grid_for(backbone: Backbone, options: ExtractOptions) -> SpatialGrid | None:
+    """The spatial grid ``--spatial``/``--spatial-layer`` ask of this backbone (None without ``--spatial``)."""
+    if options.spatial is None:
+        if options.spatial_layer is not None:
+            raise ValueError("--spatial-layer only applies with --spatial S")
+        return None
+    body = backbone.extractor.body if backbone.kind == "frame" else None
+    return spatial_grid(options.spatial, options.spatial_layer, backbone.kind, backbone.extractor.feature_dim, body)
+
+
 def software_versions() -> dict:
     import h5py
 
@@ -230,12 +240,7 @@ def extract_videos(
             options.rois, options.max_rois, {job.key for job in jobs}, score_threshold=options.roi_score_threshold,
             classes=list(options.roi_classes) or None, detector_weights=options.detector_weights, device=device,
         )
-    grid = None
-    if options.spatial is not None:
-        body = backbone.extractor.body if backbone.kind == "frame" else None
-        grid = spatial_grid(options.spatial, options.spatial_layer, backbone.kind, backbone.extractor.feature_dim, body)
-    elif options.spatial_layer is not None:
-        raise ValueError("--spatial-layer only applies with --spatial S")
+    grid = grid_for(backbone, options)
     provenance = build_provenance(backbone, options, windowing, boxes, geometry, dataset, classes, n_folds, grid)
     summary = ExtractSummary(out=Path(out), total=len(jobs), device=str(device), batch_size=batch_size,
                              unit="frames" if windowing is None else "windows")

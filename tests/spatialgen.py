@@ -94,11 +94,12 @@ def direction_frames(index: int, leftwards: bool, seed: int = 0) -> np.ndarray:
     return frames
 
 
-def write_task(root: Path, task: str, train_per_class: int, test_per_class: int, seed: int = 0) -> Path:
-    """Videos of ``task`` under ``root/<class>/`` and ``root/list.csv`` (path,label,split); returns the list."""
+def write_task(root: Path, task: str, train: int, val: int, test: int, seed: int = 0) -> Path:
+    """Videos of ``task`` under ``root/<class>/`` and ``root/list.csv`` (path,label,split); video ``i`` of both
+    classes lands in the same split (the first ``train`` indices, then ``val``, then ``test``). Returns the list."""
     rows = []
-    for index in range(train_per_class + test_per_class):
-        split = "train" if index < train_per_class else "test"
+    for index in range(train + val + test):
+        split = "train" if index < train else "val" if index < train + val else "test"
         if task == "swap":
             forward = swap_frames(index, seed)
             videos = (forward, forward[::-1])
