@@ -88,9 +88,10 @@ def main(argv: list[str] | None = None) -> None:
         start = time.perf_counter()
         source = SequenceSource.from_store(path, keys, in_memory=True)
         print(f"  fold-1 train split ({len(keys)} videos) loaded into memory in {time.perf_counter() - start:.1f} s")
+        dataset = SequenceDataset(source, labels, segments=args.segments, mode=args.sample_mode, train=True)
         spatial = SpatialSource.from_store(path, keys, in_memory=True) if args.spatial else None
-        dataset = SequenceDataset(source, labels, segments=args.segments, mode=args.sample_mode, train=True,
-                                  spatial=spatial)
+        spatial_dataset = SequenceDataset(source, labels, segments=args.segments, mode=args.sample_mode,
+                                          train=True, spatial=spatial)
         print(
             f"device {device}, {torch.get_num_threads()} CPU threads "
             f"(OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}), "
@@ -98,7 +99,8 @@ def main(argv: list[str] | None = None) -> None:
         )
         print(f"{'head':<12} {'params':>10} {'epoch s':>9} {'seq/s':>9}  note")
         for name in args.heads.split(","):
-            row = _bench_head(name.strip(), dataset, args.classes, args.dim, args, device)
+            head_data = spatial_dataset if uses_spatial(name.strip()) else dataset
+            row = _bench_head(name.strip(), head_data, args.classes, args.dim, args, device)
             rate = len(dataset) / row["epoch_s"]
             line = f"{row['head']:<12} {row['params']:>10,} {row['epoch_s']:>9.2f} {rate:>9.0f}  {row['note']}"
             print(line, flush=True)
