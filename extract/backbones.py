@@ -55,14 +55,31 @@ class FeatureExtractor(nn.Module):
 
     def feature_map(self, frames_uint8_nhwc: Tensor) -> Tensor:
         """The last spatial map [B, D, h, w] before global pooling: what region (RoI) features are pooled from."""
-        frames = frames_uint8_nhwc
+        return self.body(self._normalise(frames_uint8_nhwc))
+
+    def feature_maps(self, frames_uint8_nhwc: Tensor, layer: str) -> tuple[Tensor, Tensor]:
+        """The last map and the output of trunk stage ``layer`` (its index in the trunk; "last": the last map) from one
+        pass: what spatial grids of an earlier stage (``--spatial-layer``) are pooled from."""
+        x = self._normalise(frames_uint8_nhwc)
+        if layer == "last":
+            last = self.body(x)
+            return last, last
+        taken = None
+        for index, stage in enumerate(self.body):  # not named_children(): it skips a module used twice
+            x = stage(x)
+            if str(index) == layer:
+                taken = x
+        if taken is None:
+            raise ValueError(f"the trunk has no stage named {layer!r}")
+        return x, taken
+
+    def _normalise(self, frames: Tensor) -> Tensor:
         if frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
             raise ValueError(
                 f"expected uint8 frames shaped [B, H, W, 3], got {frames.dtype} {tuple(frames.shape)}; "
                 "pass decoded RGB frames stacked along a new first axis"
             )
-        x = frames.permute(0, 3, 1, 2).float().div_(255).sub_(self.mean).div_(self.std)
-        return self.body(x)
+        return frames.permute(0, 3, 1, 2).float().div_(255).sub_(self.mean).div_(self.std)
 
     def classify(self, features: Tensor) -> Tensor:
         """Logits of the classifier head the weights came with (its dropout is inactive in eval), for sanity checks."""

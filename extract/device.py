@@ -26,6 +26,7 @@ from torch import nn
 from vidfeat.extract.backbones import Backbone
 from vidfeat.extract.decode_pool import RowChunk
 from vidfeat.extract.rois import BoxSource, pool_regions
+from vidfeat.extract.spatial import LAST_LAYER, SpatialGrid
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
@@ -147,36 +148,52 @@ class Model:
         return self.run(self._to_device(frames)).float().cpu().numpy()
 
     @torch.inference_mode()
-    def with_regions(
-        self, pixels: np.ndarray, boxes: np.ndarray, centres: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Global features and [B, R, D] region features from one pass over the full frames or clips.
+    def with_maps(
+        self, pixels: np.ndarray, centres: np.ndarray, boxes: np.ndarray | None, grid: SpatialGrid | None
+    ) -> RowMaps:
+        """Global features plus [B, R, D] region features (``boxes``) and [B, S*S, D] spatial grids (``grid``)
+        from one pass over the frames or clips.
 
         A clip's map is [B, D, T', H', W'], one spatial map per output time step; a window's boxes belong to the
-        frame at position ``centre``, so its regions are pooled from the time step whose input span holds that
-        frame (I3D: one step per 8 input frames), where the boxes and the map show the same moment."""
+        frame at position ``centre``, so its regions and grid are pooled from the time step whose input span
+        holds that frame (I3D: one step per 8 input frames), where the boxes and the map show the same moment."""
         with self.autocast():
             if pixels.ndim == 5:
                 features, clip_map = self.extractor.features_and_map(self._to_device(pixels))
                 steps = torch.from_numpy(centres * clip_map.shape[2] // pixels.shape[1]).to(self.device)
                 feature_map = clip_map[torch.arange(len(pixels), device=self.device), :, steps]
+                layer_map = feature_map
             else:
-                feature_map = self.extractor.feature_map(self._to_device(pixels))
+                layer = grid.layer if grid is not None else LAST_LAYER
+                feature_map, layer_map = self.extractor.feature_maps(self._to_device(pixels), layer)
                 features = feature_map.float().mean(dim=(2, 3))
-        regions = pool_regions(feature_map, torch.from_numpy(boxes).to(self.device), pixels.shape[-3:-1])
-        return features.float().cpu().numpy(), regions.cpu().numpy()
+        regions = (pool_regions(feature_map, torch.from_numpy(boxes).to(self.device), pixels.shape[-3:-1])
+                   if boxes is not None else None)
+        spatial = grid.pool(layer_map) if grid is not None else None
+        return RowMaps(features.float().cpu().numpy(), *(None if t is None else t.cpu().numpy()
+                                                         for t in (regions, spatial)))
+
+
+@dataclass
+class RowMaps:
+    """One pass's outputs beyond the global vectors, row-aligned with the batch; None where not asked for."""
+
+    features: np.ndarray
+    regions: np.ndarray | None
+    spatial: np.ndarray | None
 
 
 @dataclass
 class BatchOutput:
     """Device stage -> assembler: the features of one batch, row-aligned with its chunks; for region stores also
-    each row's region features and each chunk's boxes and masks."""
+    each row's region features and each chunk's boxes and masks; for spatial stores each row's grid."""
 
     chunks: list[RowChunk]
     features: np.ndarray
     regions: np.ndarray | None = None
     boxes: list[np.ndarray] = field(default_factory=list)
     masks: list[np.ndarray] = field(default_factory=list)
+    spatial: np.ndarray | None = None
 
 
 def _box_frames(pixels: np.ndarray, centres: np.ndarray) -> np.ndarray:
@@ -244,26 +261,30 @@ class _CudaOverlap:
 
 
 class DeviceStage:
-    """Batches in, BatchOutputs out, in submission order. Region batches (boxes found on the host, maps pooled on
-    the device) and CPU batches complete in ``submit``; plain CUDA batches overlap (see ``_CudaOverlap``)."""
+    """Batches in, BatchOutputs out, in submission order. Batches with regions (boxes found on the host, maps
+    pooled on the device) or spatial grids, and CPU batches, complete in ``submit``; plain CUDA batches overlap
+    (see ``_CudaOverlap``)."""
 
-    def __init__(self, model: Model, boxes: BoxSource | None) -> None:
-        self.model, self.boxes = model, boxes
-        self.overlap = _CudaOverlap(model) if model.device.type == "cuda" and boxes is None else None
+    def __init__(self, model: Model, boxes: BoxSource | None, grid: SpatialGrid | None = None) -> None:
+        self.model, self.boxes, self.grid = model, boxes, grid
+        plain = boxes is None and grid is None
+        self.overlap = _CudaOverlap(model) if model.device.type == "cuda" and plain else None
 
     def submit(self, chunks: list[RowChunk], keys: list[str]) -> list[BatchOutput]:
         """Run one batch (``keys``: each chunk's video key, for its boxes); returns the batches now finished."""
         if self.overlap is not None:
             return self.overlap.submit(chunks)
         pixels = np.concatenate([c.pixels for c in chunks])
-        if self.boxes is None:
+        if self.boxes is None and self.grid is None:
             return [BatchOutput(chunks, self.model(pixels))]
-        found = [self.boxes.boxes(key, c.indices, *c.size, _box_frames(c.pixels, c.centres))
-                 for key, c in zip(keys, chunks)]
-        chunk_boxes, chunk_masks = (list(part) for part in zip(*found))
+        chunk_boxes, chunk_masks = [], []
+        if self.boxes is not None:
+            found = [self.boxes.boxes(key, c.indices, *c.size, _box_frames(c.pixels, c.centres))
+                     for key, c in zip(keys, chunks)]
+            chunk_boxes, chunk_masks = (list(part) for part in zip(*found))
         centres = np.concatenate([c.centres for c in chunks])
-        features, regions = self.model.with_regions(pixels, np.concatenate(chunk_boxes), centres)
-        return [BatchOutput(chunks, features, regions, chunk_boxes, chunk_masks)]
+        maps = self.model.with_maps(pixels, centres, np.concatenate(chunk_boxes) if chunk_boxes else None, self.grid)
+        return [BatchOutput(chunks, maps.features, maps.regions, chunk_boxes, chunk_masks, maps.spatial)]
 
     def flush(self) -> list[BatchOutput]:
         """The batches still on the device."""

@@ -31,6 +31,7 @@ from vidfeat.extract.device import (
     BatchOutput, DeviceStage, Model, ModelSettings, autocast_dtype, default_batch_size, resolve_device,
 )
 from vidfeat.extract.rois import ROI_OUTPUT_SIZE, BoxSource, parse_roi_source
+from vidfeat.extract.spatial import SpatialGrid, spatial_grid
 from vidfeat.extract.video import Geometry, Sampling, backend_versions
 from vidfeat.extract.windows import Windowing
 from vidfeat.features.store import StoredVideos, StoreWriter, VideoRecord
@@ -56,6 +57,8 @@ class ExtractOptions:
     roi_score_threshold: float = 0.5
     roi_classes: tuple[str, ...] = ()
     detector_weights: str | None = None
+    spatial: int | None = None       # S: also store the map average-pooled to S x S cells per row
+    spatial_layer: str | None = None  # frame backbones: the trunk stage the grid is pooled from (default: last)
     device: str = "auto"
     batch_size: int | None = None
     workers: int | None = None      # decode processes (default: the cores minus one, at least one)
@@ -112,6 +115,16 @@ def sampling_for(backbone: Backbone, options: ExtractOptions) -> Sampling:
     return options.sampling
 
 
+def grid_for(backbone: Backbone, options: ExtractOptions) -> SpatialGrid | None:
+    """The spatial grid ``--spatial``/``--spatial-layer`` ask of this backbone (None without ``--spatial``)."""
+    if options.spatial is None:
+        if options.spatial_layer is not None:
+            raise ValueError("--spatial-layer only applies with --spatial S")
+        return None
+    body = backbone.extractor.body if backbone.kind == "frame" else None
+    return spatial_grid(options.spatial, options.spatial_layer, backbone.kind, backbone.extractor.feature_dim, body)
+
+
 def software_versions() -> dict:
     import h5py
 
@@ -133,7 +146,7 @@ def input_geometry(backbone: Backbone, options: ExtractOptions) -> Geometry:
 
 def build_provenance(
     backbone: Backbone, options: ExtractOptions, windowing: Windowing | None, boxes: BoxSource | None,
-    geometry: Geometry, dataset: dict, classes: list[str], n_folds: int,
+    geometry: Geometry, dataset: dict, classes: list[str], n_folds: int, grid: SpatialGrid | None = None,
 ) -> dict:
     """Everything that defines what the stored numbers mean, plus how and where they were made."""
     preprocessing = {**backbone.preprocessing.describe(), "resize": geometry.resize, "crop": geometry.crop}
@@ -146,6 +159,7 @@ def build_provenance(
                      "time_step": "the output time step whose input span holds the centre frame"}
                     if windowing is not None else {})}
         if boxes is not None else None,
+        "spatial": grid.describe(windowing is not None) if grid is not None else None,
         "backbone": backbone.name,
         "weights": backbone.weights_id,
         "feature_dim": backbone.extractor.feature_dim,
@@ -167,6 +181,7 @@ class _Video:
     indices: list[np.ndarray] = field(default_factory=list)
     ranges: list[np.ndarray] = field(default_factory=list)
     regions: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
+    spatial: list[np.ndarray] = field(default_factory=list)
     features: list[np.ndarray] = field(default_factory=list)
     queued: int = 0
     done: int = 0
@@ -195,11 +210,13 @@ def feature_problem(features: np.ndarray, dtype: str) -> str:
 
 @dataclass(frozen=True)
 class RowPlan:
-    """What the model sees per row: input geometry, clip windows (or single frames), region boxes (or none)."""
+    """What the model sees per row: input geometry, clip windows (or single frames), region boxes (or none), and
+    the spatial grid it stores (or none)."""
 
     geometry: Geometry
     windowing: Windowing | None
     boxes: BoxSource | None
+    grid: SpatialGrid | None = None
 
 
 def _concat_regions(regions: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> dict:
@@ -254,8 +271,10 @@ def prepare_extraction(
             options.rois, options.max_rois, keys, score_threshold=options.roi_score_threshold,
             classes=list(options.roi_classes) or None, detector_weights=options.detector_weights, device=device,
         )
-    provenance = build_provenance(backbone, options, windowing, boxes, geometry, dataset, classes, n_folds)
-    return ExtractionSetup(backbone, RowPlan(geometry, windowing, boxes), device, batch_size, options, provenance)
+    grid = grid_for(backbone, options)
+    provenance = build_provenance(backbone, options, windowing, boxes, geometry, dataset, classes, n_folds, grid)
+    return ExtractionSetup(backbone, RowPlan(geometry, windowing, boxes, grid), device, batch_size, options,
+                           provenance)
 
 
 def new_summary(out: str | os.PathLike, total: int, setup: ExtractionSetup) -> ExtractSummary:
@@ -379,8 +398,9 @@ class _Assembler:
     def _keep(self, video: _Video, chunk: RowChunk, output: BatchOutput, i: int, rows: slice) -> None:
         """Chunk ``i``'s rows of ``output``, in the stored dtype, unless they (or earlier ones) cannot be stored."""
         dtype = self.options.dtype
-        video.bad_features = video.bad_features or feature_problem(output.features[rows], dtype) or (
-            feature_problem(output.regions[rows], dtype) if output.regions is not None else "")
+        extras = [extra[rows] for extra in (output.regions, output.spatial) if extra is not None]
+        video.bad_features = video.bad_features or next(
+            filter(None, (feature_problem(values, dtype) for values in (output.features[rows], *extras))), "")
         if video.bad_features:
             return  # the video fails when its last row is back
         video.features.append(output.features[rows].astype(dtype))
@@ -389,6 +409,8 @@ class _Assembler:
         video.ranges.append(chunk.ranges)
         if output.regions is not None:
             video.regions.append((output.regions[rows].astype(dtype), output.boxes[i], output.masks[i]))
+        if output.spatial is not None:
+            video.spatial.append(output.spatial[rows].astype(dtype))
 
     def end(self, message: VideoEnd) -> None:
         video = self.videos[message.video]
@@ -449,6 +471,7 @@ class _Assembler:
             frame_indices=np.concatenate(video.indices),
             frame_ranges=np.concatenate(video.ranges) if self.windows else None,
             **_concat_regions(video.regions),
+            spatial=np.concatenate(video.spatial) if video.spatial else None,
             label=video.job.label,
             splits=video.job.splits,
             source=str(video.job.path),
@@ -468,15 +491,18 @@ def model_settings(
     backbone: Backbone, plan: RowPlan, device: torch.device, batch_size: int, options: ExtractOptions
 ) -> ModelSettings:
     """Frozen graphs (the architecture's fastest kind) are the CPU default for frame backbones on their fixed
-    crop; regions and clips run eagerly, as does ``--eager``; ``--compile`` compiles any of them."""
+    crop; regions, spatial grids and clips run eagerly, as does ``--eager``; ``--compile`` compiles any of them."""
     if options.eager and options.compile:
         raise ValueError("--eager and --compile exclude each other; choose one")
     if options.compile and plan.boxes is not None:
         raise ValueError("--compile does not apply with --rois (region maps come from the eager backbone); drop one")
+    if options.compile and plan.grid is not None:
+        raise ValueError("--compile does not apply with --spatial (grids come from the eager backbone); drop one")
     crop = plan.geometry.crop
     if options.compile:
         return ModelSettings(options.precision, "compiled", (batch_size,))
-    if (options.eager or device.type != "cpu" or backbone.kind != "frame" or plan.boxes is not None or not crop
+    if (options.eager or device.type != "cpu" or backbone.kind != "frame" or plan.boxes is not None
+            or plan.grid is not None or not crop
             or options.precision == "bf16"):  # frozen graphs are traced in fp32
         return ModelSettings(options.precision)
     return ModelSettings(options.precision, backbone.cpu_graph, (batch_size, crop, crop, 3))
@@ -546,7 +572,7 @@ class Extractor:
         self.pool = DecodePool(spec, decode_workers, setup.options.video_timeout)  # first: starts while the model builds
         try:
             settings = model_settings(setup.backbone, plan, setup.device, batch_size, setup.options)
-            self.stage = DeviceStage(Model(setup.backbone, setup.device, settings), plan.boxes)
+            self.stage = DeviceStage(Model(setup.backbone, setup.device, settings), plan.boxes, plan.grid)
         except BaseException:
             self.pool.close()
             raise

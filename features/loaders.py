@@ -67,11 +67,12 @@ MEMORY_FRACTION = 0.5
 """Load the cache into memory when it needs at most this fraction of the currently available RAM."""
 
 
-def fits_in_memory(store: FeatureStore, keys: Sequence[str]) -> bool:
-    """Whether the rows of ``keys`` take at most :data:`MEMORY_FRACTION` of the available RAM."""
+def fits_in_memory(store: FeatureStore, keys: Sequence[str], datasets: Sequence[str] = ("features",)) -> bool:
+    """Whether the rows of ``keys`` in the per-row ``datasets`` (the features, and e.g. a head's regions or
+    spatial grid, which are loaded together) take at most :data:`MEMORY_FRACTION` of the available RAM."""
     lengths = store.lengths()
-    itemsize = np.dtype(store.attrs.get("dtype", "float32")).itemsize
-    needed = sum(lengths[k] for k in keys) * store.feature_dim * itemsize
+    nbytes = store.row_nbytes()
+    needed = sum(lengths[k] for k in keys) * sum(nbytes.get(name, 0) for name in datasets)
     available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
     return needed <= MEMORY_FRACTION * available
 

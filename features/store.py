@@ -32,12 +32,18 @@ SPLIT_NAMES = {code: name for name, code in SPLIT_CODES.items()}
 # Provenance fields that define what a feature *means*; stores that differ in any of them must never mix.
 IDENTITY_FIELDS = (
     "kind", "backbone", "weights", "feature_dim", "dtype", "preprocessing", "sampling", "window", "rois",
-    "dataset", "classes", "n_folds",
+    "spatial", "dataset", "classes", "n_folds",
 )
-_JSON_FIELDS = ("preprocessing", "sampling", "window", "rois", "classes", "software", "imported")
+# Identity fields added after schema version 1 was fixed: hashed only when set, so stores written before keep
+# their provenance hash.
+_LATER_FIELDS = ("spatial",)
+_JSON_FIELDS = ("preprocessing", "sampling", "window", "rois", "spatial", "classes", "software", "imported")
 _STR = h5py.string_dtype("utf-8")
 # Per-row region datasets, present when the store was extracted with --rois.
 ROI_DATASETS = ("roi_features", "boxes", "roi_mask")
+# Per-row spatial grid [N, S*S, D], present when the store was extracted with --spatial S.
+SPATIAL_DATASET = "spatial"
+EXTRA_ROW_DATASETS = (*ROI_DATASETS, SPATIAL_DATASET)
 # Per-video columns of /videos besides key/start/length, with their on-disk types.
 _VIDEO_COLUMNS = {
     "label": np.int32, "split": np.uint8, "source": _STR, "source_size": np.int64, "source_mtime": np.float64,
@@ -81,6 +87,7 @@ class VideoRecord:
     roi_features: np.ndarray | None = None
     boxes: np.ndarray | None = None
     roi_mask: np.ndarray | None = None
+    spatial: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.features)
@@ -169,7 +176,10 @@ def _canonical(value: object) -> str:
 
 def provenance_hash(provenance: dict) -> str:
     """Hash of the identity fields only, so versions and timestamps don't make equal configs look different."""
-    identity = {name: provenance.get(name) for name in IDENTITY_FIELDS}
+    identity = {
+        name: provenance.get(name) for name in IDENTITY_FIELDS
+        if name not in _LATER_FIELDS or provenance.get(name) is not None
+    }
     return hashlib.sha256(_canonical(identity).encode()).hexdigest()
 
 
@@ -282,7 +292,7 @@ class _File:
             expected_frames=self.video_field("expected_frames", i),
             partial=self.video_field("partial", i),
             frame_ranges=self.rows("frame_ranges", i) if "frame_ranges" in self.h5 else None,
-            **({name: self.rows(name, i) for name in ROI_DATASETS} if "roi_features" in self.h5 else {}),
+            **{name: self.rows(name, i) for name in EXTRA_ROW_DATASETS if name in self.h5},
         )
 
     def close(self) -> None:
@@ -394,6 +404,19 @@ class FeatureStore:
         if "roi_features" not in file.h5:
             return None
         return tuple(file.rows(name, i) for name in ROI_DATASETS)
+
+    def spatial(self, key: str) -> np.ndarray | None:
+        """The spatial grid ``[T, S*S, D]`` (cells row-major, see provenance ``spatial``); None without one."""
+        file, i = self._locate(key)
+        return file.rows(SPATIAL_DATASET, i) if SPATIAL_DATASET in file.h5 else None
+
+    def row_nbytes(self) -> dict[str, int]:
+        """Bytes one row takes on disk in each per-row dataset (features, timestamps, regions, grid, ...)."""
+        h5 = self._files[0].h5
+        return {
+            name: int(np.prod(h5[name].shape[1:], dtype=np.int64)) * h5[name].dtype.itemsize
+            for name in h5 if isinstance(h5[name], h5py.Dataset)
+        }
 
     def label(self, key: str) -> str | None:
         file, i = self._locate(key)
@@ -555,6 +578,21 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _extra_row_shapes(provenance: dict) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """The optional per-row datasets a store of this provenance holds: each row's shape and dtype."""
+    dtype = np.dtype(provenance.get("dtype", "float16"))
+    shapes: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
+    rois = provenance.get("rois")
+    if rois is not None:
+        slots, roi_dim = int(rois["max_rois"]), int(rois["feature_dim"])
+        shapes.update(roi_features=((slots, roi_dim), dtype), boxes=((slots, 4), np.dtype(np.float32)),
+                      roi_mask=((slots,), np.dtype(bool)))
+    spatial = provenance.get("spatial")
+    if spatial is not None:
+        shapes[SPATIAL_DATASET] = ((int(spatial["cells"]), int(spatial["feature_dim"])), dtype)
+    return shapes
+
+
 def _write_file(
     path: Path,
     provenance: dict,
@@ -624,14 +662,10 @@ def _write_rows(
         stamps = f.create_dataset("timestamps", shape=(total,), dtype=np.float64)
         indices = f.create_dataset("frame_indices", shape=(total,), dtype=np.int64)
         ranges = f.create_dataset("frame_ranges", shape=(total, 2), dtype=np.int64) if has_ranges else None
-        rois = provenance.get("rois")
-        if rois is not None:
-            slots, roi_dim = int(rois["max_rois"]), int(rois["feature_dim"])
-            region = {
-                "roi_features": f.create_dataset("roi_features", shape=(total, slots, roi_dim), dtype=dtype),
-                "boxes": f.create_dataset("boxes", shape=(total, slots, 4), dtype=np.float32),
-                "roi_mask": f.create_dataset("roi_mask", shape=(total, slots), dtype=bool),
-            }
+        extras = {
+            name: f.create_dataset(name, shape=(total, *row_shape), dtype=row_dtype)
+            for name, (row_shape, row_dtype) in _extra_row_shapes(provenance).items()
+        }
         for key, start, n in zip(keys, starts, lengths):
             r = load(key)
             if r.features.shape != (n, dim):
@@ -648,13 +682,12 @@ def _write_rows(
                 if r.frame_ranges is None:
                     raise StoreError(f"{r.key!r}: clip stores need frame_ranges for every window")
                 ranges[rows] = r.frame_ranges
-            if rois is not None:
-                for name, dataset in region.items():
-                    value = getattr(r, name)
-                    if value is None or value.shape != (n, *dataset.shape[1:]):
-                        raise StoreError(f"{key!r}: {name} of shape {None if value is None else value.shape}, "
-                                         f"expected {(int(n), *dataset.shape[1:])} (this store has RoIs)")
-                    dataset[rows] = value
+            for name, dataset in extras.items():
+                value = getattr(r, name)
+                if value is None or value.shape != (n, *dataset.shape[1:]):
+                    raise StoreError(f"{key!r}: {name} of shape {None if value is None else value.shape}, "
+                                     f"expected {(int(n), *dataset.shape[1:])} (this store has {name})")
+                dataset[rows] = value
             columns["label"].append(class_index.get(r.label, -1))
             columns["split"].append([SPLIT_CODES[s] for s in r.splits])
             for name in list(_VIDEO_COLUMNS)[2:]:

@@ -67,6 +67,10 @@ def main(debug: bool) -> None:
 @click.option("--roi-score-threshold", default=0.5, show_default=True, help="detector: minimum box score.")
 @click.option("--roi-class", "roi_classes", multiple=True, help="detector: keep only these COCO classes.")
 @click.option("--detector-weights", help="detector: a state_dict file, or `none`. Default: the torch cache.")
+@click.option("--spatial", type=int, metavar="S",
+              help="Also store the feature map average-pooled to an SxS grid per row ([N, S*S, D]).")
+@click.option("--spatial-layer", metavar="NAME",
+              help="Frame backbones: pool the grid from this trunk stage instead of the last map (ECO-style).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--batch-size", type=int, help="Frames per batch, across video boundaries. Default: 8 on CPU, 128 on CUDA.")
 @click.option("--workers", type=click.IntRange(min=1),
@@ -100,16 +104,17 @@ def main(debug: bool) -> None:
               "(default: about 8 tasks per worker, at most 256 videos).")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 def extract(inputs, out, dataset, data_root, list_file, backbone, weights, fps, every_n, clip_len, clip_stride,
-            rois, max_rois, roi_size, roi_score_threshold, roi_classes, detector_weights, device, batch_size, workers,
-            video_timeout, commit_every, eager, compile_model, precision, dtype, allow_failures, skip_failed, strict,
-            seed, cluster, scheduler, shard, merge, videos_per_task, no_progress) -> None:
+            rois, max_rois, roi_size, roi_score_threshold, roi_classes, detector_weights, spatial, spatial_layer,
+            device, batch_size, workers, video_timeout, commit_every, eager, compile_model, precision, dtype,
+            allow_failures, skip_failed, strict, seed, cluster, scheduler, shard, merge, videos_per_task,
+            no_progress) -> None:
     """Extract features of INPUT videos/directories, or of --dataset NAME --data-root DIR, into --out."""
     try:
         options = ExtractOptions(
             sampling=Sampling(fps=fps, every_n=every_n), clip_len=clip_len, clip_stride=clip_stride, rois=rois,
             max_rois=max_rois, roi_size=roi_size, roi_score_threshold=roi_score_threshold, roi_classes=roi_classes,
-            detector_weights=detector_weights, device=device, batch_size=batch_size, workers=workers,
-            video_timeout=video_timeout,
+            detector_weights=detector_weights, spatial=spatial, spatial_layer=spatial_layer, device=device,
+            batch_size=batch_size, workers=workers, video_timeout=video_timeout,
             commit_every=commit_every, eager=eager, compile=compile_model,
             precision=precision, dtype=dtype, strict=strict, skip_failed=skip_failed, progress=not no_progress,
         )

@@ -177,9 +177,10 @@ def describe_store(store: FeatureStore) -> str:
                  "n_folds", "vidfeat_version", "created", "updated", "provenance_hash"):
         if name in attrs:
             lines.append(f"{name}: {attrs[name]}")
-    for name in ("preprocessing", "sampling", "window", "rois", "software"):
+    for name in ("preprocessing", "sampling", "window", "rois", "spatial", "software"):
         if attrs.get(name) is not None:
             lines.append(f"{name}: {attrs[name]}")
+    lines.append(format_row_cost(store.row_nbytes(), "frame" if attrs.get("kind") != "clip" else "window"))
     lines.append(f"videos: {len(store)}  rows: {rows}  rows/video: "
                  + (f"min {min(lengths.values())}, mean {rows / len(lengths):.1f}, max {max(lengths.values())}" if lengths else "-"))
     classes = store.classes
@@ -209,6 +210,13 @@ def describe_backbones() -> str:
             lines.append(f"  {record.name}{' (default)' if record.default else ''}: {record.weights_id}{window}; "
                          f"{here}; {record.terms}")
     return "\n".join(lines)
+
+
+def format_row_cost(nbytes: dict[str, int], unit: str) -> str:
+    """Disk cost of one row (a frame or clip window), in total and per dataset, for sizing --spatial and --fps."""
+    total = sum(nbytes.values())
+    parts = ", ".join(f"{name} {size / 1024:.1f}" for name, size in sorted(nbytes.items(), key=lambda kv: -kv[1]))
+    return f"disk per {unit}: {total / 1024:.1f} KB ({parts} KB)"
 
 
 def backbone_for(provenance: dict, weights: str | None = None) -> Backbone:
@@ -254,6 +262,14 @@ def _region_options(provenance: dict, detector_weights: str | None) -> dict:
     return options
 
 
+def _spatial_options(provenance: dict) -> dict:
+    """Extraction options that reproduce a store's spatial grid (size and layer) for new videos."""
+    spatial = provenance.get("spatial")
+    if spatial is None:
+        return {}
+    return {"spatial": int(spatial["grid"]), "spatial_layer": spatial["layer"]}
+
+
 def _detector_weights(recorded: str, given: str | None) -> str | None:
     """The detector weights to find new videos' boxes with: the user's file, or what the store recorded."""
     if given is not None:
@@ -275,7 +291,7 @@ def reproducing_options(
     return ExtractOptions(
         sampling=Sampling.from_description(provenance["sampling"]), device=device, dtype=provenance["dtype"],
         clip_len=window.get("clip_len"), clip_stride=window.get("stride"), progress=False,
-        **_region_options(provenance, detector_weights),
+        **_region_options(provenance, detector_weights), **_spatial_options(provenance),
     )
 
 
@@ -294,8 +310,8 @@ def predict(
     device: str = "auto",
     detector_weights: str | None = None,
 ) -> list[Prediction]:
-    """Whole pipeline on new videos: extraction with the run's recorded backbone, preprocessing, sampling and
-    regions (through the normal runner, so batching and failure handling are the same), a check that the new
+    """Whole pipeline on new videos: extraction with the run's recorded backbone, preprocessing, sampling,
+    regions and spatial grid (through the normal runner, so batching and failure handling are the same), a check that the new
     features mean what the run's did, then the trained head."""
     model, config = load_run(run_dir)
     provenance = config["features"]["provenance"]
@@ -309,10 +325,11 @@ def predict(
             check_provenance(config, store.attrs, None, "the store extracted for prediction")
             sequences = {job.key: store.features(job.key) for job in jobs if job.key in store}
             regions = [store.rois(key) for key in sequences] if options.rois is not None else None
+            spatial = [store.spatial(key) for key in sequences] if options.spatial is not None else None
             errors = {key: error for key, _, error in store.failure_records()}
     predictions = [Prediction(job.path, error=errors.get(job.key, "")) for job in jobs]
     if sequences:
-        proba = predict_sequences(model, config, list(sequences.values()), regions)
+        proba = predict_sequences(model, config, list(sequences.values()), regions, spatial)
         by_key = dict(zip(sequences, proba))
         classes = config["classes"]
         for job, prediction in zip(jobs, predictions):

@@ -6,9 +6,11 @@ video_features' layout (``<video>_<type>.npy``, written by ``vidfeat features ex
 cache (the files' pages are dropped with ``posix_fadvise``) and warm. Then it loads fold 1's training split and
 times full training epochs per head (the first epoch is a warm-up; the table shows the mean of the following
 ones; ``CPU s`` is the process CPU time per epoch, which other work on a shared machine disturbs less than
-the wall time). ``logreg`` is timed as one scikit-learn fit (pooling included) with a fixed C. ``gcn`` trains on a second
-synthetic cache with regions (``--region-steps`` steps x ``--rois`` regions of ``--dim`` dims). The features
-carry no signal: this measures speed, not accuracy.
+the wall time). ``logreg`` is timed as one scikit-learn fit (pooling included) with a fixed C. Region heads
+(``gcn``) train on a second synthetic cache with regions (``--region-steps`` steps x ``--rois`` regions of
+``--dim`` dims), spatial heads (``timesformer``, ``eco``) on a third with an S x S grid per row
+(``--spatial-steps`` steps x ``--grid``\ :sup:`2` cells of ``--spatial-dim`` dims, lite0-like by default). The
+features carry no signal: this measures speed, not accuracy.
 
     python -m vidfeat.temporal.bench [--videos N] [--steps T] [--dim D] [--heads mean,lstm,...] [--skip-read]
 """
@@ -18,6 +20,7 @@ import argparse
 import os
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +28,8 @@ import torch
 
 from vidfeat.features import SequenceSource, open_store
 from vidfeat.features.interop import export_features
-from vidfeat.temporal.data import RegionSource, SequenceDataset, class_indices, fold_split
-from vidfeat.temporal.heads import create_head, list_heads, uses_regions
+from vidfeat.temporal.data import RegionSource, SequenceDataset, SpatialSource, class_indices, fold_split
+from vidfeat.temporal.heads import create_head, list_heads, uses_regions, uses_spatial
 from vidfeat.temporal.logreg import fit_logreg
 from vidfeat.temporal.synthetic import write_random_store
 from vidfeat.temporal.training import TrainConfig, count_parameters, default_device, train
@@ -41,6 +44,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--heads", default=",".join(list_heads()), help="comma-separated head names")
     parser.add_argument("--region-steps", type=int, default=16, help="steps per video of the region cache (gcn)")
     parser.add_argument("--rois", type=int, default=4, help="regions per step of the region cache (gcn)")
+    parser.add_argument("--spatial-steps", type=int, default=16, help="steps per video of the spatial cache")
+    parser.add_argument("--grid", type=int, default=4, help="grid size S of the spatial cache (timesformer, eco)")
+    parser.add_argument("--spatial-dim", type=int, default=1280, help="grid cell depth of the spatial cache")
     parser.add_argument("--segments", type=int, default=8, help="TSN segments K sampled per video")
     parser.add_argument("--sample-mode", default="segments", choices=("segments", "window", "all"))
     parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
@@ -92,7 +98,7 @@ def _read_store(path: Path) -> None:
         store.load_rows().data.reshape(-1).view(np.uint8)[::4096].max()
 
 
-def _bench_head(name: str, dataset: SequenceDataset, classes: int, dim: int, args, device) -> dict:
+def _bench_head(name: str, dataset: SequenceDataset, classes: int, args, device) -> dict:
     torch.manual_seed(0)
     if name == "logreg":
         sequences = [dataset.source.get(i) for i in range(len(dataset))]
@@ -101,39 +107,70 @@ def _bench_head(name: str, dataset: SequenceDataset, classes: int, dim: int, arg
         seconds = time.perf_counter() - start
         note = "one fit (100 lbfgs iterations)"
         return {"head": name, "params": count_parameters(model), "epoch_s": seconds, "cpu_s": float("nan"), "note": note}
-    options = {"roi_dim": dim} if uses_regions(name) else {}
-    model = create_head(name, dim, classes, **options)
+    cache = _cache_of(name, args)
+    options = {"roi_dim": cache.dim} if uses_regions(name) else {}
+    if uses_spatial(name):
+        options = {"spatial_dim": cache.dim, "grid": cache.grid}
+    model = create_head(name, cache.dim, classes, **options)
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, patience=0)
     cpu = time.process_time()
     result = train(model, dataset, None, config, device=device, progress=False)
     cpu_s = (time.process_time() - cpu) / args.epochs
     ends = [row["time_s"] for row in result.history]
     epoch_times = np.diff(ends) if len(ends) > 1 else np.array(ends)
-    note = f"{args.region_steps}-step region cache, {args.rois} RoIs/step" if uses_regions(name) else ""
     return {"head": name, "params": count_parameters(model), "epoch_s": float(epoch_times.mean()), "cpu_s": cpu_s,
-            "note": note}
+            "note": cache.note}
 
 
-def _training_set(path: Path, args, regions: bool) -> SequenceDataset:
+@dataclass(frozen=True)
+class Cache:
+    """One synthetic cache the heads train on: frame features only, or with regions or a spatial grid."""
+
+    name: str
+    steps: int
+    dim: int
+    rois: int = 0
+    grid: int | None = None
+
+    @property
+    def note(self) -> str:
+        if self.rois:
+            return f"{self.steps}-step region cache, {self.rois} RoIs/step"
+        if self.grid:
+            return f"{self.steps}-step {self.grid}x{self.grid} spatial cache, {self.dim}-d cells"
+        return ""
+
+
+def _cache_of(head: str, args) -> Cache:
+    if uses_regions(head):
+        return Cache("regions", args.region_steps, args.dim, rois=args.rois)
+    if uses_spatial(head):
+        return Cache("spatial", args.spatial_steps, args.spatial_dim, grid=args.grid)
+    return Cache("frames", args.steps, args.dim)
+
+
+def _training_set(path: Path, args, cache: Cache) -> SequenceDataset:
     with open_store(path) as store:
         keys = fold_split(store, 1, val_fraction=0.0).train
         labels = class_indices(store, keys)
     start = time.perf_counter()
     source = SequenceSource.from_store(path, keys, in_memory=True)
-    region_source = RegionSource.from_store(path, keys, in_memory=True) if regions else None
+    regions = RegionSource.from_store(path, keys, in_memory=True) if cache.rois else None
+    spatial = SpatialSource.from_store(path, keys, in_memory=True) if cache.grid else None
     print(f"  fold-1 train split ({len(keys)} videos) loaded (memory-mapped) in {time.perf_counter() - start:.1f} s")
     return SequenceDataset(source, labels, segments=args.segments, mode=args.sample_mode, train=True,
-                           regions=region_source)
+                           regions=regions, spatial=spatial)
 
 
-def _write_cache(path: Path, args, steps: int, rois: int) -> None:
-    per_step = args.dim * (1 + rois)
-    size_gb = args.videos * steps * per_step * 2 / 1e9
-    what = f" + {rois} RoIs/step" if rois else ""
-    print(f"writing a synthetic cache: {args.videos} videos x {steps} steps x {args.dim} dims{what} fp16 "
+def _write_cache(path: Path, args, cache: Cache) -> None:
+    per_step = cache.dim * (1 + cache.rois + (cache.grid or 0) ** 2)
+    size_gb = args.videos * cache.steps * per_step * 2 / 1e9
+    what = f" + {cache.rois} RoIs/step" if cache.rois else f" + {cache.grid}x{cache.grid} grid" if cache.grid else ""
+    print(f"writing a synthetic cache: {args.videos} videos x {cache.steps} steps x {cache.dim} dims{what} fp16 "
           f"({size_gb:.2f} GB)")
     start = time.perf_counter()
-    write_random_store(path, videos=args.videos, steps=steps, dim=args.dim, classes=args.classes, rois=rois)
+    write_random_store(path, videos=args.videos, steps=cache.steps, dim=cache.dim, classes=args.classes,
+                       rois=cache.rois, grid=cache.grid)
     print(f"  written in {time.perf_counter() - start:.1f} s")
 
 
@@ -145,24 +182,23 @@ def main(argv: list[str] | None = None) -> None:
           f"(OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}), "
           f"sampling {args.sample_mode} K={args.segments}, batch {args.batch_size}")
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
-        for regions in (False, True):
-            names = [h for h in heads if uses_regions(h) == regions]
-            if not names:
-                continue
-            path = Path(tmp) / ("regions.h5" if regions else "frames.h5")
-            _write_cache(path, args, args.region_steps if regions else args.steps, args.rois if regions else 0)
-            if not regions and not args.skip_read:
+        caches: dict[Cache, list[str]] = {}
+        for name in heads:
+            caches.setdefault(_cache_of(name, args), []).append(name)
+        for cache, names in caches.items():
+            path = Path(tmp) / f"{cache.name}.h5"
+            _write_cache(path, args, cache)
+            if cache.name == "frames" and not args.skip_read:
                 _read_comparison(path, Path(tmp))
-            dataset = _training_set(path, args, regions)
+            dataset = _training_set(path, args, cache)
             print(f"\n{'head':<12} {'params':>10} {'epoch s':>9} {'seq/s':>9} {'CPU s':>7}  note")
             for name in names:
-                row = _bench_head(name, dataset, args.classes, args.dim, args, device)
+                row = _bench_head(name, dataset, args.classes, args, device)
                 rate = len(dataset) / row["epoch_s"]
                 print(f"{row['head']:<12} {row['params']:>10,} {row['epoch_s']:>9.2f} {rate:>9.0f} "
                       f"{row['cpu_s']:>7.2f}  {row['note']}", flush=True)
             path.unlink()
             print()
-
 
 if __name__ == "__main__":
     main()

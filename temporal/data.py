@@ -1,7 +1,8 @@
 """Training data for the temporal heads: fold splits, sampled sequences and padded batches.
 
 Rows come from :class:`vidfeat.features.SequenceSource` (in memory when the cache fits, else one HDF5
-handle per DataLoader worker); region heads also get each video's RoIs from a :class:`RegionSource`.
+handle per DataLoader worker); region heads also get each video's RoIs from a :class:`RegionSource`, spatial heads
+its grid from a :class:`SpatialSource` (both :class:`RowArrays`, loaded or streamed the same way).
 """
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from vidfeat.features import FeatureStore, Rows, SequenceSource, StorePath, open_store, select_keys
-from vidfeat.features.store import ROI_DATASETS
+from vidfeat.features import FeatureStore, Rows, SequenceSource, StorePath, fits_in_memory, open_store, select_keys
+from vidfeat.features.store import ROI_DATASETS, SPATIAL_DATASET
 from vidfeat.temporal.sampling import check_sampling, sample_indices
 
 @dataclass
@@ -102,82 +103,155 @@ def require_regions(store: FeatureStore, head: str) -> dict:
     return dict(rois)
 
 
-class RegionSource:
-    """Region arrays of a list of keys, aligned with a :class:`SequenceSource`'s rows: all in memory (one
-    :class:`Rows` per region dataset), or read on demand through ``store.rois(key)`` (one HDF5 handle per process,
-    like the sequences)."""
+def require_spatial(store: FeatureStore, head: str) -> dict:
+    """The store's ``spatial`` provenance; a clear error naming ``vidfeat extract --spatial`` when it has none."""
+    spatial = store.attrs.get("spatial")
+    if not spatial:
+        raise ValueError(
+            f"head {head!r} works on spatial grids, but this store ({', '.join(map(str, store.paths))}) has none; "
+            "extract one with `vidfeat extract ... --spatial S` (e.g. 4), or train a frame head "
+            "(mean, lstm, tcn, transformer, logreg)"
+        )
+    return dict(spatial)
+
+
+class RowArrays:
+    """Per-row arrays beyond the features (a region or spatial head's input) of a list of keys, aligned with a
+    :class:`SequenceSource`'s rows: all in memory (one :class:`Rows` per dataset), or read on demand (one HDF5
+    handle per process, like the sequences). Subclasses say which datasets they read, the item fields and dtypes
+    they become, and what the store must have."""
+
+    datasets: tuple[str, ...] = ()
+    fields: tuple[tuple[str, type], ...] = ()  # (item field, dtype) per dataset
 
     def __init__(self, keys: Sequence[str], *, rows: Sequence[Rows] | None = None, path: StorePath | None = None):
         if rows is None and path is None:
-            raise ValueError("a RegionSource needs either the region rows or the store path to read them from")
+            raise ValueError(f"a {type(self).__name__} needs either the loaded rows or the store path to read them from")
         self.keys = list(keys)
         self.path, self._rows = path, (tuple(rows) if rows is not None else None)
         self._store: FeatureStore | None = None
         self._pid: int | None = None
 
+    @staticmethod
+    def require(store: FeatureStore, head: str) -> dict:
+        """The store's provenance of these arrays; raises ValueError saying how to extract them."""
+        raise NotImplementedError
+
+    @staticmethod
+    def read(store: FeatureStore, key: str) -> tuple[np.ndarray, ...] | None:
+        """One video's arrays, one per dataset (None when the store lacks them)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def head_options(provenance: dict) -> dict:
+        """The head options these arrays fix, from the store's provenance (e.g. their feature size)."""
+        raise NotImplementedError
+
     @classmethod
-    def from_store(
-        cls, path: StorePath, keys: Sequence[str], in_memory: bool | None = None, head: str = "gcn"
-    ) -> "RegionSource":
-        """Regions of ``keys``; ``in_memory=None`` loads them when they take at most a quarter of the free RAM."""
+    def from_store(cls, path: StorePath, keys: Sequence[str], in_memory: bool | None = None, head: str = ""):
+        """Arrays of ``keys``; ``in_memory=None`` loads them when they fit (:func:`fits_in_memory`)."""
         with open_store(path) as store:
-            rois = require_regions(store, head)
+            cls.require(store, head)
             if in_memory is None:
-                lengths = store.lengths()
-                itemsize = np.dtype(store.attrs.get("dtype", "float32")).itemsize
-                per_row = int(rois["max_rois"]) * (int(rois["feature_dim"]) * itemsize + 4 * 4 + 1)
-                available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
-                in_memory = sum(lengths[k] for k in keys) * per_row <= available / 4
-            rows = [store.load_rows(keys, name) for name in ROI_DATASETS] if in_memory else None
+                in_memory = fits_in_memory(store, keys, cls.datasets)
+            rows = [store.load_rows(keys, name) for name in cls.datasets] if in_memory else None
             return cls(keys, rows=rows, path=path)
 
     @classmethod
-    def from_arrays(cls, regions: Sequence[Regions], keys: Sequence[str]) -> "RegionSource":
-        """Wrap in-memory ``(roi_features, boxes, roi_mask)`` of each video (e.g. just extracted for ``predict``)."""
-        return cls(keys, rows=[Rows.from_arrays([r[n] for r in regions]) for n in range(len(ROI_DATASETS))])
+    def from_arrays(cls, values: Sequence[tuple[np.ndarray, ...]], keys: Sequence[str]):
+        """Wrap each video's in-memory arrays, one per dataset (e.g. just extracted for ``predict``)."""
+        return cls(keys, rows=[Rows.from_arrays([v[n] for v in values]) for n in range(len(cls.datasets))])
+
+    @property
+    def in_memory(self) -> bool:
+        return self._rows is not None
 
     def __len__(self) -> int:
         return len(self.keys)
 
-    def subset(self, keys: Sequence[str]) -> "RegionSource":
+    def subset(self, keys: Sequence[str]):
         """A source over some of the keys, sharing the loaded rows."""
         position = {k: i for i, k in enumerate(self.keys)}
         picked = [position[k] for k in keys]
         rows = [r.take(picked) for r in self._rows] if self._rows is not None else None
-        return RegionSource(keys, rows=rows, path=self.path)
+        return type(self)(keys, rows=rows, path=self.path)
 
-    def share(self, directory: Path) -> "RegionSource":
+    def share(self, directory: Path):
         """This in-memory source memory-mapped from ``.npy`` files in ``directory`` (see :meth:`SequenceSource.share`)."""
         if self._rows is None:
-            raise ValueError("only in-memory regions can be shared; load them with in_memory=True")
-        rows = [r.share(Path(directory) / f"{name}.npy") for r, name in zip(self._rows, ROI_DATASETS)]
-        return RegionSource(self.keys, rows=rows, path=self.path)
+            raise ValueError(f"only in-memory {', '.join(self.datasets)} can be shared; load them with in_memory=True")
+        rows = [r.share(Path(directory) / f"{name}.npy") for r, name in zip(self._rows, self.datasets)]
+        return type(self)(self.keys, rows=rows, path=self.path)
 
-    def get(self, index: int) -> Regions:
+    def get(self, index: int) -> tuple[np.ndarray, ...]:
         if self._rows is not None:
             return tuple(r.video(index) for r in self._rows)
         if self._store is None or self._pid != os.getpid():
             self._store = open_store(self.path)
             self._pid = os.getpid()
-        regions = self._store.rois(self.keys[index])
-        if regions is None:
-            raise ValueError(f"video {self.keys[index]!r} has no region features in {self.path}")
-        return regions
+        value = self.read(self._store, self.keys[index])
+        if value is None:
+            raise ValueError(f"video {self.keys[index]!r} has no {', '.join(self.datasets)} in {self.path}")
+        return value
 
-    def gather(self, videos: Sequence[int], steps: Sequence[np.ndarray]) -> Regions:
-        """The regions at steps ``steps[j]`` of video ``videos[j]``, concatenated over the videos (float32 features
-        and boxes, bool mask)."""
+    def length(self, index: int) -> int:
+        return int(self._rows[0].lengths[index]) if self._rows is not None else len(self.get(index)[0])
+
+    def gather(self, videos: Sequence[int], steps: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+        """The arrays at steps ``steps[j]`` of video ``videos[j]``, concatenated over the videos, by item field
+        in that field's dtype."""
         if self._rows is not None:
             parts = [r.gather(videos, steps) for r in self._rows]
         else:
             per_video = [self.get(v) for v in videos]
-            parts = [np.concatenate([regions[n][s] for regions, s in zip(per_video, steps)]) for n in range(3)]
-        return parts[0].astype(np.float32), parts[1].astype(np.float32), parts[2].astype(bool)
+            parts = [np.concatenate([arrays[n][s] for arrays, s in zip(per_video, steps)])
+                     for n in range(len(self.datasets))]
+        return {name: part.astype(dtype) for (name, dtype), part in zip(self.fields, parts)}
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         state["_store"], state["_pid"] = None, None  # each worker opens its own handle
         return state
+
+
+class RegionSource(RowArrays):
+    """Each video's :data:`Regions` (for region heads such as ``gcn``)."""
+
+    datasets = ROI_DATASETS
+    fields = (("rois", np.float32), ("boxes", np.float32), ("roi_mask", bool))
+
+    @staticmethod
+    def require(store: FeatureStore, head: str) -> dict:
+        return require_regions(store, head or "gcn")
+
+    @staticmethod
+    def read(store: FeatureStore, key: str) -> Regions | None:
+        return store.rois(key)
+
+    @staticmethod
+    def head_options(provenance: dict) -> dict:
+        return {"roi_dim": int(provenance["rois"]["feature_dim"])}
+
+
+class SpatialSource(RowArrays):
+    """Each video's spatial grid ``[T, S*S, D]`` (for spatial heads such as ``timesformer`` and ``eco``)."""
+
+    datasets = (SPATIAL_DATASET,)
+    fields = (("spatial", np.float32),)
+
+    @staticmethod
+    def require(store: FeatureStore, head: str) -> dict:
+        return require_spatial(store, head or "timesformer")
+
+    @staticmethod
+    def read(store: FeatureStore, key: str) -> tuple[np.ndarray] | None:
+        grid = store.spatial(key)
+        return None if grid is None else (grid,)
+
+    @staticmethod
+    def head_options(provenance: dict) -> dict:
+        spatial = provenance["spatial"]
+        return {"spatial_dim": int(spatial["feature_dim"]), "grid": int(spatial["grid"])}
 
 
 class SequenceDataset(Dataset):
@@ -186,7 +260,8 @@ class SequenceDataset(Dataset):
     Training randomness (``train=True``) is drawn from a generator seeded by (seed, epoch, index), so
     a run is reproducible whatever the number of workers; call :meth:`set_epoch` every epoch.
     Evaluation takes the deterministic clip ``clip`` of ``num_clips``. With ``regions`` (for region heads)
-    each item also carries ``rois``, ``boxes`` and ``roi_mask`` at the same sampled steps as ``x``.
+    each item also carries ``rois``, ``boxes`` and ``roi_mask`` at the same sampled steps as ``x``; with
+    ``spatial`` (for spatial heads) the grid ``spatial [t, S*S, D]``.
     The DataLoader fetches a batch through :meth:`__getitems__`, which reads all its steps at once.
     """
 
@@ -201,18 +276,26 @@ class SequenceDataset(Dataset):
         seed: int = 0,
         num_clips: int = 1,
         regions: RegionSource | None = None,
+        spatial: SpatialSource | None = None,
     ) -> None:
         if len(labels) != len(source):
             raise ValueError(f"{len(labels)} labels for {len(source)} sequences")
-        if regions is not None and regions.keys != source.keys:
-            raise ValueError("the region source must hold the same videos, in the same order, as the sequences")
-        self.source, self.regions, self.labels = source, regions, [int(y) for y in labels]
+        for extra in (regions, spatial):
+            if extra is not None and extra.keys != source.keys:
+                raise ValueError(f"the {type(extra).__name__} must hold the same videos, in the same order, "
+                                 "as the sequences")
+        self.source, self.regions, self.spatial, self.labels = source, regions, spatial, [int(y) for y in labels]
         self.segments, self.mode, self.train, self.seed = segments, mode, train, seed
         self.num_clips, self.clip, self.epoch = num_clips, 0, 0
         check_sampling(mode, segments, num_clips)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    @property
+    def in_memory(self) -> bool:
+        """Whether every array an item reads is loaded (else DataLoader workers read them in parallel)."""
+        return all(part.in_memory for part in (self.source, self.regions, self.spatial) if part is not None)
 
     def __len__(self) -> int:
         return len(self.source)
@@ -231,20 +314,21 @@ class SequenceDataset(Dataset):
         sizes = [len(s) for s in steps]
         x = torch.from_numpy(self.source.gather(indices, steps)).split(sizes)
         items = [{"x": rows, "y": self.labels[i]} for rows, i in zip(x, indices)]
-        if self.regions is not None:
-            self._check_region_rows(indices)
-            fields = zip(("rois", "boxes", "roi_mask"), self.regions.gather(indices, steps))
-            for name, values in fields:
+        for extra in (self.regions, self.spatial):
+            if extra is None:
+                continue
+            self._check_rows(extra, indices)
+            for name, values in extra.gather(indices, steps).items():
                 for item, part in zip(items, torch.from_numpy(values).split(sizes)):
                     item[name] = part
         return items
 
-    def _check_region_rows(self, indices: Sequence[int]) -> None:
+    def _check_rows(self, extra: RowArrays, indices: Sequence[int]) -> None:
         for index in indices:
-            rois, rows = len(self.regions.get(index)[0]), int(self.source.lengths[index])
-            if rois != rows:
+            found, rows = extra.length(index), int(self.source.lengths[index])
+            if found != rows:
                 raise ValueError(
-                    f"video {self.source.keys[index]!r}: {rois} region rows for {rows} feature rows; "
+                    f"video {self.source.keys[index]!r}: {found} {extra.datasets[0]} rows for {rows} feature rows; "
                     "the store is inconsistent, extract it again"
                 )
 

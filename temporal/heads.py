@@ -12,7 +12,8 @@ Interface shared by every head (why it looks like this: the same training loop, 
   per-step field the same way). Frame heads take none. A region head (``gcn``, in
   ``vidfeat.temporal.gcn``) sets ``uses_regions = True`` and takes ``rois [B, T, R, Dr]``,
   ``boxes [B, T, R, 4]`` and ``roi_mask [B, T, R]`` as keyword arguments; nothing in the loop
-  needs to change for it.
+  needs to change for it. Spatial heads (``timesformer``, ``eco``, in ``vidfeat.temporal.spatial_heads``)
+  set ``uses_spatial = True`` and take ``spatial [B, T, S*S, Ds]``, the store's grid.
 
 Heads are built by name with :func:`create_head`, torchvision/timm style: a plain dict registry
 maps each name to its one builder (the module class). ``logreg`` is fitted by scikit-learn rather
@@ -21,13 +22,14 @@ than by SGD but is a module like the others once fitted (see ``vidfeat.temporal.
 from __future__ import annotations
 
 import inspect
-import math
 from typing import Callable
 
 import torch
 from torch import Tensor, nn
 
 from vidfeat.temporal.gcn import GCNHead
+from vidfeat.temporal.layers import masked_mean, sinusoidal_encoding
+from vidfeat.temporal.spatial_heads import ECOHead, TimeSformerHead
 
 
 def _check_inputs(x: Tensor, mask: Tensor) -> None:
@@ -38,12 +40,6 @@ def _check_inputs(x: Tensor, mask: Tensor) -> None:
         )
     if mask.shape != x.shape[:2] or mask.dtype != torch.bool:
         raise ValueError(f"mask must be bool [B, T] = {tuple(x.shape[:2])}, got {mask.dtype} {tuple(mask.shape)}")
-
-
-def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
-    """Mean over the valid steps of ``x [B, T, C]``; padding contributes nothing."""
-    weights = mask.to(x.dtype).unsqueeze(-1)
-    return (x * weights).sum(1) / weights.sum(1).clamp_min(1.0)
 
 
 def _lengths(mask: Tensor) -> Tensor:
@@ -258,16 +254,6 @@ class LogRegHead(nn.Module):
         return self.fc((pooled_mean_std(x.float(), mask) - self.center) / self.scale)
 
 
-def sinusoidal_encoding(length: int, dim: int) -> Tensor:
-    """Fixed sin/cos positions (Vaswani et al.); works for any length, unlike learned positions."""
-    position = torch.arange(length, dtype=torch.float32).unsqueeze(1)
-    freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
-    table = torch.zeros(length, dim)
-    table[:, 0::2] = torch.sin(position * freq)
-    table[:, 1::2] = torch.cos(position * freq)[:, : dim // 2]
-    return table
-
-
 class TransformerHead(nn.Module):
     """Transformer encoder over step tokens with positional encoding; CLS-token or masked-mean readout.
 
@@ -351,6 +337,8 @@ HEADS: dict[str, Callable[..., nn.Module]] = {
     "tcn": TCNHead,
     "transformer": TransformerHead,
     "gcn": GCNHead,
+    "timesformer": TimeSformerHead,
+    "eco": ECOHead,
 }
 """Head name -> builder ``(input_dim, num_classes, **options) -> nn.Module`` (the class itself)."""
 
@@ -365,6 +353,13 @@ def uses_regions(name: str) -> bool:
     if name not in HEADS:
         raise ValueError(f"unknown head {name!r}; available heads: {', '.join(HEADS)}")
     return bool(getattr(HEADS[name], "uses_regions", False))
+
+
+def uses_spatial(name: str) -> bool:
+    """Whether head ``name`` needs the store's spatial grid (``--spatial S``) as well as the frame features."""
+    if name not in HEADS:
+        raise ValueError(f"unknown head {name!r}; available heads: {', '.join(HEADS)}")
+    return bool(getattr(HEADS[name], "uses_spatial", False))
 
 
 def training_defaults(name: str) -> dict:

@@ -30,20 +30,23 @@ import numpy as np
 import torch
 from torch import nn
 
-from vidfeat.features import ProvenanceMismatch, SequenceSource, StorePath, open_store, select_keys
+from vidfeat.features import ProvenanceMismatch, SequenceSource, StorePath, fits_in_memory, open_store, select_keys
 from vidfeat.features.store import IDENTITY_FIELDS
 from vidfeat.temporal.data import (
+    FoldSplit,
     Regions,
     RegionSource,
+    RowArrays,
     SequenceDataset,
-    FoldSplit,
+    SpatialSource,
     class_indices,
     fold_parts,
-    require_regions,
     resolve_store_path,
     split_parts,
 )
-from vidfeat.temporal.heads import create_head, head_defaults, resolve_options, training_defaults, uses_regions
+from vidfeat.temporal.heads import (
+    create_head, head_defaults, resolve_options, training_defaults, uses_regions, uses_spatial,
+)
 from vidfeat.temporal.logreg import fit_logreg
 from vidfeat.temporal.sampling import check_sampling
 from vidfeat.temporal.training import (
@@ -158,30 +161,47 @@ def _write_log(rows: list[dict], path: Path) -> None:
         writer.writerows(rows)
 
 
-def _dataset(
-    source: SequenceSource,
-    labels: dict[str, int],
-    keys: list[str],
-    sampling: dict,
-    train: bool,
-    seed: int,
-    regions: RegionSource | None = None,
-) -> SequenceDataset:
+def _dataset(data: "RunData", keys: list[str], sampling: dict, train: bool, seed: int, head: str) -> SequenceDataset:
+    """The sampled sequences of ``keys``, with the regions or grid ``head`` reads."""
     return SequenceDataset(
-        source.subset(keys),
-        [labels[k] for k in keys],
+        data.source.subset(keys),
+        [data.labels[k] for k in keys],
         segments=sampling["segments"],
         mode=sampling["mode"],
         train=train,
         seed=seed,
         num_clips=1 if train else sampling["eval_clips"],
-        regions=regions.subset(keys) if regions is not None else None,
+        regions=data.regions.subset(keys) if uses_regions(head) else None,
+        spatial=data.spatial.subset(keys) if uses_spatial(head) else None,
     )
+
+
+def _extra_kinds(heads: Sequence[str]) -> list[type[RowArrays]]:
+    """The per-row arrays beyond the features that any of ``heads`` reads (regions, a spatial grid, or none)."""
+    return [kind for kind, wanted in ((RegionSource, uses_regions), (SpatialSource, uses_spatial))
+            if any(wanted(head) for head in heads)]
+
+
+def load_sources(
+    path: StorePath, keys: list[str], heads: Sequence[str], in_memory: bool | None = None
+) -> tuple[SequenceSource, RegionSource | None, SpatialSource | None]:
+    """The rows of ``keys``, plus the regions or grid any of ``heads`` reads (required of the store). All are loaded
+    or all streamed: together they must fit in memory (:func:`~vidfeat.features.fits_in_memory`), else every part
+    is read from disk on demand."""
+    kinds = _extra_kinds(heads)
+    with open_store(path) as store:
+        for kind in kinds:
+            kind.require(store, next(h for h in heads if kind in _extra_kinds([h])))
+        if in_memory is None:
+            in_memory = fits_in_memory(store, keys, ("features", *(n for kind in kinds for n in kind.datasets)))
+    extras = {kind: kind.from_store(path, keys, in_memory) for kind in kinds}
+    return SequenceSource.from_store(path, keys, in_memory), extras.get(RegionSource), extras.get(SpatialSource)
 
 
 @dataclass
 class RunData:
-    """What runs read from a store: its metadata, the recorded parts of some folds, and the rows of their videos.
+    """What runs read from a store: its metadata, the recorded parts of some folds, and the rows of their videos
+    (plus the regions or spatial grids a head reads).
 
     ``train_run`` loads one per run; a sweep loads one for all its runs and shares its rows (:meth:`share`) with
     the processes that train them, so the cache is read once and held in memory once.
@@ -192,28 +212,26 @@ class RunData:
     input_dim: int
     provenance: dict
     provenance_hash: str
-    rois: dict | None
     labels: dict[str, int]
     parts: dict[int, dict[str, list[str]]]
     source: SequenceSource
-    regions: RegionSource | None
+    regions: RegionSource | None = None
+    spatial: SpatialSource | None = None
 
     @classmethod
     def load(
-        cls, path: StorePath, folds: Sequence[int], *, regions_for: str | None = None, in_memory: bool | None = None
+        cls, path: StorePath, folds: Sequence[int], *, heads: Sequence[str] = (), in_memory: bool | None = None
     ) -> "RunData":
-        """Read ``folds`` of the store; ``regions_for``: a region head's name, to load (and require) the RoIs too."""
+        """Read ``folds`` of the store, with the regions or grid any of ``heads`` reads (see :func:`load_sources`)."""
         with open_store(path) as store:
             parts = {fold: fold_parts(store, fold) for fold in folds}
             keys = sorted({key for fold in parts.values() for part in fold.values() for key in part})
-            rois = require_regions(store, regions_for) if regions_for else None
             data = {
                 "classes": store.classes, "input_dim": store.feature_dim, "provenance": dict(store.attrs),
                 "provenance_hash": store.provenance_hash, "labels": dict(zip(keys, class_indices(store, keys))),
             }
-        source = SequenceSource.from_store(path, keys, in_memory)
-        regions = RegionSource.from_store(path, keys, in_memory, regions_for) if regions_for else None
-        return cls(path, rois=rois, parts=parts, source=source, regions=regions, **data)
+        source, regions, spatial = load_sources(path, keys, heads, in_memory)
+        return cls(path, parts=parts, source=source, regions=regions, spatial=spatial, **data)
 
     def split(self, fold: int, val_fraction: float, seed: int) -> FoldSplit:
         if fold not in self.parts:
@@ -222,20 +240,27 @@ class RunData:
 
     def share(self, directory: Path) -> "RunData":
         """The same data with its rows memory-mapped from ``.npy`` files in ``directory`` (which must outlive it)."""
-        regions = self.regions.share(directory) if self.regions is not None else None
-        return replace(self, source=self.source.share(directory), regions=regions)
+        extras = {name: part.share(directory) for name, part in (("regions", self.regions), ("spatial", self.spatial))
+                  if part is not None}
+        return replace(self, source=self.source.share(directory), **extras)
 
-
-def _region_options(data: RunData, head: str, options: dict, config: TrainConfig) -> dict:
-    """A region head's options completed with the store's RoI feature size."""
-    if data.regions is None:
-        raise ValueError(f"head {head!r} needs region features, but the loaded data holds none; load it with regions")
-    roi_dim = int(data.rois["feature_dim"])
-    if options.get("roi_dim") not in (None, roi_dim):
-        raise ValueError(f"roi_dim={options['roi_dim']} was given, but the store's region features are {roi_dim}-d")
-    if config.mixup > 0:
-        raise ValueError(f"mixup mixes frame features only, not regions; train {head!r} with mixup 0")
-    return {**options, "roi_dim": roi_dim}
+    def head_options(self, head: str, options: dict, config: TrainConfig) -> dict:
+        """``head``'s options completed with what the store records of the regions or grid it reads (a conflicting
+        value is refused); mixup, which mixes frame features only, is refused for such heads."""
+        recorded = {}
+        for kind, loaded in ((RegionSource, self.regions), (SpatialSource, self.spatial)):
+            if kind not in _extra_kinds([head]):
+                continue
+            if loaded is None:
+                raise ValueError(f"head {head!r} needs {', '.join(kind.datasets)}, but the loaded data holds none; "
+                                 f"load it with heads=[{head!r}]")
+            recorded.update(kind.head_options(self.provenance))
+        for name, value in recorded.items():
+            if options.get(name) not in (None, value):
+                raise ValueError(f"{name}={options[name]} was given, but the store records {name}={value}")
+        if recorded and config.mixup > 0:
+            raise ValueError(f"mixup mixes frame features only, not regions or grids; train {head!r} with mixup 0")
+        return {**options, **recorded}
 
 
 @dataclass
@@ -336,14 +361,11 @@ def train_run(
     check_sampling(sampling["mode"], segments, eval_clips)
     device = torch.device(device) if device else default_device()
     _refuse_existing(out_dir)
-    regions_for = head if uses_regions(head) else None
-    data = data or RunData.load(features_path, [fold], regions_for=regions_for, in_memory=in_memory)
-    if regions_for:
-        options = _region_options(data, head, options, config)
+    data = data or RunData.load(features_path, [fold], heads=[head], in_memory=in_memory)
+    options = data.head_options(head, options, config)
     split = data.split(fold, val_fraction, seed)
-    regions = data.regions if uses_regions(head) else None
     sets = [
-        _dataset(data.source, data.labels, keys, sampling, train, seed, regions) if keys else None
+        _dataset(data, keys, sampling, train, seed, head) if keys else None
         for keys, train in ((split.train, True), (split.val, False), (split.test, False))
     ]
     torch.manual_seed(seed)
@@ -451,11 +473,10 @@ def evaluate_run(
             raise ValueError(f"store {path} has no labelled test videos in fold {config['fold']}; nothing to score")
         labels = class_indices(store, test_keys)
     sampling = config["sampling"]
-    source = SequenceSource.from_store(path, test_keys)
-    regions = RegionSource.from_store(path, test_keys, head=config["head"]) if uses_regions(config["head"]) else None
+    source, regions, spatial = load_sources(path, test_keys, [config["head"]])
     test_set = SequenceDataset(
         source, labels, segments=sampling["segments"], mode=sampling["mode"], train=False,
-        num_clips=sampling["eval_clips"], regions=regions,
+        num_clips=sampling["eval_clips"], regions=regions, spatial=spatial,
     )
     metrics = evaluate(model, test_set, config["classes"], device=device)
     metrics.update(split="test", fold=config["fold"], head=config["head"], features=resolve_store_path(path))
@@ -463,11 +484,13 @@ def evaluate_run(
 
 
 def predict_sequences(
-    model: nn.Module, config: dict, sequences: Sequence[np.ndarray], regions: Sequence[Regions] | None = None
+    model: nn.Module, config: dict, sequences: Sequence[np.ndarray], regions: Sequence[Regions] | None = None,
+    spatial: Sequence[np.ndarray] | None = None,
 ) -> np.ndarray:
     """``[N, C]`` class probabilities for ``[T, D]`` feature arrays, sampled the way the run evaluates.
 
-    A region head (``gcn``) also needs each video's ``(roi_features, boxes, roi_mask)`` as ``store.rois`` gives them.
+    A region head (``gcn``) also needs each video's ``(roi_features, boxes, roi_mask)`` as ``store.rois`` gives them,
+    a spatial head (``timesformer``, ``eco``) each video's grid as ``store.spatial`` gives it.
     """
     dims = {int(s.shape[1]) for s in sequences}
     if dims != {config["input_dim"]}:
@@ -479,6 +502,11 @@ def predict_sequences(
             f"the {config['head']!r} run needs the region features of every video; extract them with the run's "
             f"RoI settings ({json.dumps(config['features']['provenance'].get('rois'))})"
         )
+    if uses_spatial(config["head"]) and (spatial is None or len(spatial) != len(sequences)):
+        raise ValueError(
+            f"the {config['head']!r} run needs the spatial grid of every video; extract it with the run's grid "
+            f"settings ({json.dumps(config['features']['provenance'].get('spatial'))})"
+        )
     source = SequenceSource.from_arrays(sequences)
     sampling = config["sampling"]
     dataset = SequenceDataset(
@@ -489,6 +517,8 @@ def predict_sequences(
         train=False,
         num_clips=sampling["eval_clips"],
         regions=RegionSource.from_arrays(regions, source.keys) if uses_regions(config["head"]) else None,
+        spatial=SpatialSource.from_arrays([(grid,) for grid in spatial], source.keys)
+        if uses_spatial(config["head"]) else None,
     )
     return predict_proba(model, dataset, device=next(model.parameters()).device)
 

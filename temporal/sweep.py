@@ -21,7 +21,7 @@ from joblib import Parallel, delayed
 
 from vidfeat.features import StorePath
 from vidfeat.temporal.data import resolve_store_path
-from vidfeat.temporal.heads import head_defaults, list_heads, resolve_options, uses_regions
+from vidfeat.temporal.heads import head_defaults, list_heads, resolve_options
 from vidfeat.temporal.runs import SWEEP_FILE, RunData, run_finished, train_run
 from vidfeat.temporal.training import TrainConfig
 
@@ -199,8 +199,7 @@ def run_sweep(
     pending = _pending(runs, root)
     started = time.perf_counter()
     if pending:
-        region_head = next((h for h in grid.heads if uses_regions(h)), None)
-        data = RunData.load(features_path, sorted(set(grid.folds)), regions_for=region_head, in_memory=True)
+        data = RunData.load(features_path, sorted(set(grid.folds)), heads=grid.heads, in_memory=True)
         with tempfile.TemporaryDirectory(prefix="vidfeat-sweep-") as tmp:
             shared = data.share(Path(tmp))
             del data  # the workers read the memory map; the loaded copy is not needed any more

@@ -88,21 +88,28 @@ def write_random_store(
     classes: int = 51,
     rois: int = 0,
     seed: int = 0,
+    grid: int | None = None,
 ) -> Path:
     """A float16 cache of HMDB51 size (by default) with random features and 3 folds, for throughput
-    benchmarks; the values carry no signal. ``rois`` > 0 adds that many random ``dim``-d regions per step."""
+    benchmarks; the values carry no signal. ``rois`` > 0 adds that many random ``dim``-d regions per step, and
+    ``grid`` S a random ``dim``-deep S x S spatial grid per row."""
     rng = np.random.default_rng(seed)
     names = [f"class{c:02d}" for c in range(classes)]
     records = (_random_record(rng, f"{names[i % classes]}/v{i:05d}", names[i % classes], _splits(i, classes, 3),
-                              steps, dim, rois) for i in range(videos))
+                              steps, dim, rois, grid) for i in range(videos))
     provenance = synthetic_provenance(dim, names, 3, "float16", "random")
     if rois:
         provenance["rois"] = {"source": "synthetic", "max_rois": rois, "feature_dim": dim}
+    if grid:
+        provenance["spatial"] = {"grid": grid, "cells": grid * grid, "layer": "last", "feature_dim": dim,
+                                 "pooling": "random (synthetic)"}
     write_store(path, records, provenance)
     return Path(path)
 
 
-def _random_record(rng, key: str, label: str, splits: tuple, steps: int, dim: int, rois: int) -> VideoRecord:
+def _random_record(
+    rng, key: str, label: str, splits: tuple, steps: int, dim: int, rois: int, grid: int | None
+) -> VideoRecord:
     regions = {}
     if rois:
         corner = rng.uniform(0, 0.5, (steps, rois, 2)).astype(np.float32)
@@ -118,5 +125,6 @@ def _random_record(rng, key: str, label: str, splits: tuple, steps: int, dim: in
         frame_indices=np.arange(steps, dtype=np.int64),
         label=label,
         splits=splits,
+        spatial=rng.standard_normal((steps, grid * grid, dim), dtype=np.float32).astype(np.float16) if grid else None,
         **regions,
     )

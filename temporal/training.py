@@ -69,7 +69,7 @@ def count_parameters(model: nn.Module) -> int:
 
 def _loader(dataset: SequenceDataset, batch_size: int, shuffle: bool, workers: int | None, seed: int, pin: bool):
     if workers is None:
-        workers = 0 if dataset.source.in_memory else min(4, os.cpu_count() or 1)
+        workers = 0 if dataset.in_memory else min(4, os.cpu_count() or 1)
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(
         dataset,

@@ -378,7 +378,7 @@ def test_gcn_learns_relations_from_geometry_and_who_does_what_from_appearance(re
     assert np.mean(proba.argmax(1) == truth) == pytest.approx(geometry["gcn"])
     with pytest.raises(ValueError, match="needs the region features"):
         predict_sequences(model, config, [np.zeros((4, 8), np.float32)])
-    with pytest.raises(ValueError, match="roi_dim=3 was given, but the store's region features are 6-d"):
+    with pytest.raises(ValueError, match="roi_dim=3 was given, but the store records roi_dim=6"):
         train_run(store, "gcn", tmp_path / "bad", epochs=1, progress=False, roi_dim=3)
     with pytest.raises(ValueError, match="mixup"):
         train_run(store, "gcn", tmp_path / "bad", epochs=1, progress=False, train_options={"mixup": 0.2})
