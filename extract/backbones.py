@@ -32,6 +32,7 @@ from vidfeat.extract.weights import (
     IMAGENET_CATEGORIES, Preprocessing, WeightsRecord, build_network, choose_weights, torchvision_preprocessing,
     torchvision_records,
 )
+from vidfeat.features.errors import UserError
 
 class FeatureExtractor(nn.Module):
     """uint8 NHWC frames -> [B, D] float features. Normalisation lives here so preprocessing travels with weights.
@@ -128,7 +129,7 @@ def create_backbone(name: str, weights: str | os.PathLike | None = None) -> Back
     try:
         builder = _BUILDERS[name]
     except KeyError:
-        raise ValueError(f"unknown backbone {name!r}; choose one of: {', '.join(list_backbones())}") from None
+        raise UserError(f"unknown backbone {name!r}; choose one of: {', '.join(list_backbones())}") from None
     return builder(name, None if weights is None else str(weights))
 
 
@@ -197,7 +198,7 @@ def weights_records(name: str) -> list[WeightsRecord]:
     if name == "efficientnet_lite0":
         return [_lite0_record()]
     if name not in _BUILDERS:
-        raise ValueError(f"unknown backbone {name!r}; choose one of: {', '.join(list_backbones())}")
+        raise UserError(f"unknown backbone {name!r}; choose one of: {', '.join(list_backbones())}")
     return torchvision_records(name, torchvision.models.get_model_weights(name), torchvision_preprocessing)
 
 

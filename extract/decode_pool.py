@@ -30,6 +30,7 @@ import numpy as np
 
 from vidfeat.extract.video import Geometry, Sampling, VideoError, VideoReader
 from vidfeat.extract.windows import Row, Windowing, frame_rows, window_rows
+from vidfeat.features.errors import UserError
 
 SLOTS_PER_WORKER = 8  # per worker: enough to decode ahead while the model holds the cores
 MAX_CHUNK_ROWS = 32  # rows per slot at most: GPU batches of 128+ are filled from several chunks
@@ -264,7 +265,7 @@ def death_reason(exitcode: int | None) -> str:
             "out-of-memory killer or a kill); the other videos were not affected - rerun to retry it")
 
 
-class DecodePoolError(RuntimeError):
+class DecodePoolError(UserError):
     """The pool itself cannot work (no room for its slots, or its workers cannot start); no video is to blame."""
 
 
@@ -305,9 +306,9 @@ class DecodePool:
     def __init__(self, spec: DecodeSpec, workers: int | None = None, video_timeout: float | None = None) -> None:
         count = default_workers() if workers is None else workers
         if count < 1:
-            raise ValueError(f"--workers must be >= 1, got {count}")
+            raise UserError(f"--workers must be >= 1, got {count}")
         if video_timeout is not None and video_timeout <= 0:
-            raise ValueError(f"--video-timeout is a number of seconds > 0, got {video_timeout}")
+            raise UserError(f"--video-timeout is a number of seconds > 0, got {video_timeout}")
         self.spec = spec
         self.video_timeout = video_timeout
         self.todo: deque[DecodeTask] = deque()

@@ -27,6 +27,7 @@ from vidfeat.extract.backbones import Backbone
 from vidfeat.extract.decode_pool import RowChunk
 from vidfeat.extract.rois import BoxSource, pool_regions
 from vidfeat.extract.spatial import LAST_LAYER, SpatialGrid
+from vidfeat.features.errors import UserError
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
@@ -37,9 +38,9 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name} was requested but CUDA is not available here; use --device cpu or auto")
+        raise UserError(f"--device {name} was requested but CUDA is not available here; use --device cpu or auto")
     if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"unsupported --device {name}; use auto, cpu, cuda or cuda:N")
+        raise UserError(f"unsupported --device {name}; use auto, cpu, cuda or cuda:N")
     return device
 
 
@@ -58,13 +59,13 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     natively (resnet50 1.9x fp32 on 2 Zen 4 cores, but features 0.5-10% off fp32's, so CPU runs fp32 unless
     asked)."""
     if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+        raise UserError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     if device.type == "cuda":
         return {"auto": torch.float16, "fp16": torch.float16, "bf16": torch.bfloat16, "fp32": None}[precision]
     if precision == "fp16":
-        raise ValueError(f"--precision fp16 needs a CUDA device; use fp32 (or bf16 where the CPU has it) on {device}")
+        raise UserError(f"--precision fp16 needs a CUDA device; use fp32 (or bf16 where the CPU has it) on {device}")
     if precision == "bf16" and not cpu_has_native_bf16():
-        raise ValueError("--precision bf16 on CPU needs native bfloat16 (AVX512-BF16 or AMX), which this CPU lacks; "
+        raise UserError("--precision bf16 on CPU needs native bfloat16 (AVX512-BF16 or AMX), which this CPU lacks; "
                          "use --precision fp32")
     return torch.bfloat16 if precision == "bf16" else None
 

@@ -5,8 +5,10 @@ import shutil
 import subprocess
 from functools import lru_cache
 
+from vidfeat.features.errors import UserError
 
-class FFmpegNotFound(RuntimeError):
+
+class FFmpegNotFound(UserError):
     pass
 
 

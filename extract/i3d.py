@@ -43,6 +43,7 @@ from vidfeat.extract.weights import (
     IMAGENET_CATEGORIES, Preprocessing, WeightsError, WeightsRecord, choose_weights, read_state_dict, resolve_weights,
     state_dict_problems,
 )
+from vidfeat.features.errors import UserError
 
 PADDINGS = ("same", "torchvision")
 
@@ -74,7 +75,7 @@ def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
 
 def _check_padding(padding: str) -> None:
     if padding not in PADDINGS:
-        raise ValueError(f"unknown padding {padding!r}; choose one of {', '.join(PADDINGS)}")
+        raise UserError(f"unknown padding {padding!r}; choose one of {', '.join(PADDINGS)}")
 
 
 class Unit3d(nn.Module):

@@ -22,6 +22,8 @@ import torch
 from torch import Tensor
 from torchvision.ops import roi_align
 
+from vidfeat.features.errors import UserError
+
 ROI_OUTPUT_SIZE = 7
 DETECTORS = ("fasterrcnn_mobilenet_v3_large_fpn", "fasterrcnn_resnet50_fpn_v2")
 BOX_COLUMNS = ("video", "frame", "x1", "y1", "x2", "y2")
@@ -81,12 +83,12 @@ class FileBoxes:
         try:
             handle = open(self.path, newline="")
         except OSError as exc:
-            raise ValueError(f"cannot read the boxes file {self.path}: {exc.strerror or exc}") from exc
+            raise UserError(f"cannot read the boxes file {self.path}: {exc.strerror or exc}") from exc
         with handle:
             reader = csv.DictReader(handle)
             missing = [c for c in BOX_COLUMNS if c not in (reader.fieldnames or [])]
             if missing:
-                raise ValueError(
+                raise UserError(
                     f"{self.path} lacks column(s) {', '.join(missing)}; the header must be "
                     "video,frame,x1,y1,x2,y2[,score][,track]"
                 )
@@ -96,16 +98,16 @@ class FileBoxes:
                     x1, y1, x2, y2 = (float(row[c]) for c in ("x1", "y1", "x2", "y2"))
                     score = float(row["score"]) if row.get("score") not in (None, "") else 1.0
                 except ValueError as exc:
-                    raise ValueError(f"{self.path}:{line}: {exc}; frame must be an integer, coordinates numbers") from None
+                    raise UserError(f"{self.path}:{line}: {exc}; frame must be an integer, coordinates numbers") from None
                 if frame < 0 or not (0 <= x1 < x2 and 0 <= y1 < y2):
-                    raise ValueError(
+                    raise UserError(
                         f"{self.path}:{line}: invalid box (frame {frame}, {x1},{y1},{x2},{y2}); "
                         "need frame >= 0 and 0 <= x1 < x2, 0 <= y1 < y2 in pixels"
                     )
                 self.by_video[row["video"]][frame].append((score, (x1, y1, x2, y2)))
         unknown = sorted(set(self.by_video) - keys)
         if unknown:
-            raise ValueError(
+            raise UserError(
                 f"{self.path} has boxes for {len(unknown)} video key(s) not in this extraction, e.g. {unknown[:3]}; "
                 "the video column must hold keys as `vidfeat features info` lists them (path without extension)"
             )
@@ -121,7 +123,7 @@ class FileBoxes:
         for frame, boxes in self.by_video.get(key, {}).items():
             for _, (x1, y1, x2, y2) in boxes:
                 if x2 > width or y2 > height:
-                    raise ValueError(
+                    raise UserError(
                         f"box ({x1},{y1},{x2},{y2}) at frame {frame} lies outside the {width}x{height} frame; "
                         f"boxes in {self.path} must use the video's display pixel coordinates"
                     )
@@ -161,7 +163,7 @@ class DetectorBoxes:
         if classes:
             unknown = [c for c in classes if c not in categories]
             if unknown:
-                raise ValueError(f"unknown detector class(es) {unknown}; COCO classes include {categories[1:8]}...")
+                raise UserError(f"unknown detector class(es) {unknown}; COCO classes include {categories[1:8]}...")
             self.class_ids = {categories.index(c) for c in classes}
 
     def describe(self) -> dict:
@@ -200,21 +202,21 @@ def parse_roi_source(
         try:
             rows, cols = (int(v) for v in arg.lower().split("x"))
         except ValueError:
-            raise ValueError(f"--rois grid:RxC needs two integers, e.g. grid:2x2; got {spec!r}") from None
+            raise UserError(f"--rois grid:RxC needs two integers, e.g. grid:2x2; got {spec!r}") from None
         if rows < 1 or cols < 1:
-            raise ValueError(f"--rois {spec}: the grid needs at least 1x1 cells")
+            raise UserError(f"--rois {spec}: the grid needs at least 1x1 cells")
         grid = GridBoxes(rows, cols)
         if max_rois is not None and max_rois != grid.max_rois:
-            raise ValueError(f"--rois {spec} always gives {grid.max_rois} regions (cells + whole frame); drop --max-rois")
+            raise UserError(f"--rois {spec} always gives {grid.max_rois} regions (cells + whole frame); drop --max-rois")
         return grid
     if kind == "file":
         return FileBoxes(arg, max_rois, keys)
     if kind == "detector":
         if arg not in DETECTORS:
-            raise ValueError(f"unknown detector {arg!r}; choose one of {', '.join(DETECTORS)}")
+            raise UserError(f"unknown detector {arg!r}; choose one of {', '.join(DETECTORS)}")
         return DetectorBoxes(arg, max_rois or 10, score_threshold, classes, detector_weights,
                              device or torch.device("cpu"))
-    raise ValueError(f"unknown --rois source {spec!r}; use file:BOXES.csv, grid:RxC or detector:NAME")
+    raise UserError(f"unknown --rois source {spec!r}; use file:BOXES.csv, grid:RxC or detector:NAME")
 
 
 def pool_regions(feature_map: Tensor, boxes: Tensor, image_size: tuple[int, int]) -> Tensor:

@@ -34,6 +34,7 @@ from vidfeat.extract.rois import ROI_OUTPUT_SIZE, BoxSource, parse_roi_source
 from vidfeat.extract.spatial import SpatialGrid, spatial_grid
 from vidfeat.extract.video import Geometry, Sampling, backend_versions
 from vidfeat.extract.windows import Windowing
+from vidfeat.features.errors import UserError
 from vidfeat.features.store import StoredVideos, StoreWriter, VideoRecord
 
 @dataclass(frozen=True)
@@ -100,7 +101,7 @@ def windowing_for(backbone: Backbone, options: ExtractOptions) -> Windowing | No
     """The sliding-window config of a clip backbone (None for per-frame backbones)."""
     if backbone.kind != "clip":
         if options.clip_len is not None or options.clip_stride is not None:
-            raise ValueError(f"--clip-len/--clip-stride apply to clip backbones; {backbone.name} works per frame")
+            raise UserError(f"--clip-len/--clip-stride apply to clip backbones; {backbone.name} works per frame")
         return None
     clip_len = options.clip_len or backbone.clip_len
     backbone.check_clip_len(clip_len)
@@ -119,7 +120,7 @@ def grid_for(backbone: Backbone, options: ExtractOptions) -> SpatialGrid | None:
     """The spatial grid ``--spatial``/``--spatial-layer`` ask of this backbone (None without ``--spatial``)."""
     if options.spatial is None:
         if options.spatial_layer is not None:
-            raise ValueError("--spatial-layer only applies with --spatial S")
+            raise UserError("--spatial-layer only applies with --spatial S")
         return None
     body = backbone.extractor.body if backbone.kind == "frame" else None
     return spatial_grid(options.spatial, options.spatial_layer, backbone.kind, backbone.extractor.feature_dim, body)
@@ -139,9 +140,14 @@ def input_geometry(backbone: Backbone, options: ExtractOptions) -> Geometry:
     geometry = backbone.preprocessing.geometry()
     if options.rois is None:
         if options.roi_size is not None:
-            raise ValueError("--roi-size only applies with --rois")
+            raise UserError("--roi-size only applies with --rois")
         return geometry
     return Geometry(options.roi_size or geometry.resize, None, geometry.interpolation)
+
+
+def describe_preprocessing(backbone: Backbone, geometry: Geometry) -> dict:
+    """The provenance record of the weights' preprocessing at the geometry frames are decoded to."""
+    return {**backbone.preprocessing.describe(), "resize": geometry.resize, "crop": geometry.crop}
 
 
 def build_provenance(
@@ -149,7 +155,6 @@ def build_provenance(
     geometry: Geometry, dataset: dict, classes: list[str], n_folds: int, grid: SpatialGrid | None = None,
 ) -> dict:
     """Everything that defines what the stored numbers mean, plus how and where they were made."""
-    preprocessing = {**backbone.preprocessing.describe(), "resize": geometry.resize, "crop": geometry.crop}
     return {
         "kind": backbone.kind,
         "window": windowing.describe() if windowing is not None else None,
@@ -164,7 +169,7 @@ def build_provenance(
         "weights": backbone.weights_id,
         "feature_dim": backbone.extractor.feature_dim,
         "dtype": options.dtype,
-        "preprocessing": preprocessing,
+        "preprocessing": describe_preprocessing(backbone, geometry),
         "sampling": options.sampling.describe(),
         "dataset": dataset.get("name"),
         "dataset_root": str(dataset.get("root", "")),
@@ -255,7 +260,7 @@ def prepare_extraction(
     autocast_dtype(options.precision, device)
     batch_size = options.batch_size or default_batch_size(device, backbone.kind)
     if batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
+        raise UserError(f"--batch-size must be >= 1, got {batch_size}")
     windowing = windowing_for(backbone, options)
     options = replace(options, sampling=sampling_for(backbone, options))
     geometry = input_geometry(backbone, options)
@@ -263,7 +268,7 @@ def prepare_extraction(
     if options.rois is not None:
         if windowing is not None and backbone.extractor.fixed_size is not None:
             frames, height, width = backbone.extractor.fixed_size
-            raise ValueError(
+            raise UserError(
                 f"--rois needs the whole, uncropped frame, but {backbone.name} only takes clips of exactly {frames} "
                 f"frames of {height}x{width}; extract regions with i3d, r3d_18, mc3_18, r2plus1d_18, s3d or swin3d_t"
             )
@@ -493,11 +498,11 @@ def model_settings(
     """Frozen graphs (the architecture's fastest kind) are the CPU default for frame backbones on their fixed
     crop; regions, spatial grids and clips run eagerly, as does ``--eager``; ``--compile`` compiles any of them."""
     if options.eager and options.compile:
-        raise ValueError("--eager and --compile exclude each other; choose one")
+        raise UserError("--eager and --compile exclude each other; choose one")
     if options.compile and plan.boxes is not None:
-        raise ValueError("--compile does not apply with --rois (region maps come from the eager backbone); drop one")
+        raise UserError("--compile does not apply with --rois (region maps come from the eager backbone); drop one")
     if options.compile and plan.grid is not None:
-        raise ValueError("--compile does not apply with --spatial (grids come from the eager backbone); drop one")
+        raise UserError("--compile does not apply with --spatial (grids come from the eager backbone); drop one")
     crop = plan.geometry.crop
     if options.compile:
         return ModelSettings(options.precision, "compiled", (batch_size,))

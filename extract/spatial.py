@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vidfeat.features.errors import UserError
+
 LAST_LAYER = "last"
 
 
@@ -56,13 +58,13 @@ def trunk_layers(body: nn.Sequential) -> dict[str, int]:
 def spatial_grid(size: int, layer: str | None, kind: str, last_dim: int, body: nn.Sequential | None) -> SpatialGrid:
     """Validate ``--spatial``/``--spatial-layer`` for a backbone; errors say what to pass instead."""
     if size < 1:
-        raise ValueError(f"--spatial must be a grid size S >= 1 (S x S cells), got {size}")
+        raise UserError(f"--spatial must be a grid size S >= 1 (S x S cells), got {size}")
     if layer is None or layer == LAST_LAYER:
         return SpatialGrid(size, LAST_LAYER, last_dim)
     if kind != "frame" or body is None:
-        raise ValueError("--spatial-layer applies to frame backbones; clip backbones pool their last map, drop it")
+        raise UserError("--spatial-layer applies to frame backbones; clip backbones pool their last map, drop it")
     channels = trunk_layers(body)
     if layer not in channels:
         listed = ", ".join(f"{name} ({dim}-d)" for name, dim in channels.items())
-        raise ValueError(f"unknown --spatial-layer {layer!r}; this backbone's trunk stages are: {listed}")
+        raise UserError(f"unknown --spatial-layer {layer!r}; this backbone's trunk stages are: {listed}")
     return SpatialGrid(size, layer, channels[layer])

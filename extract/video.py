@@ -41,6 +41,8 @@ import av
 import av.filter
 import numpy as np
 
+from vidfeat.features.errors import UserError
+
 __all__ = [
     "VideoError",
     "Sampling",
@@ -83,11 +85,11 @@ class Sampling:
 
     def __post_init__(self) -> None:
         if self.fps is not None and self.every_n is not None:
-            raise ValueError("Sampling takes fps or every_n, not both")
+            raise UserError("Sampling takes fps or every_n, not both")
         if self.fps is not None and not (math.isfinite(self.fps) and self.fps > 0):
-            raise ValueError(f"Sampling fps must be a positive number, got {self.fps}")
+            raise UserError(f"Sampling fps must be a positive number, got {self.fps}")
         if self.every_n is not None and (isinstance(self.every_n, bool) or not isinstance(self.every_n, int) or self.every_n < 1):
-            raise ValueError(f"Sampling every_n must be an integer >= 1, got {self.every_n!r}")
+            raise UserError(f"Sampling every_n must be an integer >= 1, got {self.every_n!r}")
 
     @classmethod
     def from_description(cls, description: dict) -> "Sampling":
@@ -99,7 +101,7 @@ class Sampling:
             return cls(every_n=description["n"])
         if mode == "all":
             return cls()
-        raise ValueError(f"unknown sampling mode {mode!r} in {description}")
+        raise UserError(f"unknown sampling mode {mode!r} in {description}")
 
     def describe(self) -> dict:
         """Provenance record of the sampling rule."""
@@ -140,13 +142,13 @@ class Geometry:
 
     def __post_init__(self) -> None:
         if isinstance(self.resize, bool) or not isinstance(self.resize, int) or self.resize < 1:
-            raise ValueError(f"Geometry resize must be a positive integer, got {self.resize!r}")
+            raise UserError(f"Geometry resize must be a positive integer, got {self.resize!r}")
         if self.crop is not None and (
             isinstance(self.crop, bool) or not isinstance(self.crop, int) or not 1 <= self.crop <= self.resize
         ):
-            raise ValueError(f"Geometry crop must be an integer in 1..resize ({self.resize}) or None, got {self.crop!r}")
+            raise UserError(f"Geometry crop must be an integer in 1..resize ({self.resize}) or None, got {self.crop!r}")
         if self.interpolation not in INTERPOLATIONS:
-            raise ValueError(f"Geometry interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}")
+            raise UserError(f"Geometry interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}")
 
     def resized_size(self, width: int, height: int) -> tuple[int, int]:
         """(w, h) after the short-side resize, with torchvision's rounding of the long side."""

@@ -41,6 +41,7 @@ from vidfeat.extract.backbones import Backbone
 from vidfeat.extract.weights import (
     IMAGENET_CATEGORIES, Preprocessing, WeightsRecord, build_network, choose_weights, torchvision_records,
 )
+from vidfeat.features.errors import UserError
 
 TORCHVISION_VIDEO_MODELS = ("r3d_18", "mc3_18", "r2plus1d_18", "s3d", "mvit_v2_s", "swin3d_t")
 # (clip_len, frame_rate) each weights set was evaluated with, as torchvision's model docs state them.
@@ -107,13 +108,13 @@ class ClipFeatureExtractor(nn.Module):
         size = (frames, height, width)
         if self.fixed_size is not None and size != self.fixed_size:
             t, h, w = self.fixed_size
-            raise ValueError(
+            raise UserError(
                 f"{self.name} takes clips of exactly {t} frames of {h}x{w} (its positional tables are sized for it), "
                 f"got {frames} frames of {height}x{width}; use its default --clip-len and preprocessing"
             )
         if any(n < m for n, m in zip(size, self.min_size)):
             t, h, w = self.min_size
-            raise ValueError(
+            raise UserError(
                 f"{self.name} needs clips of at least {t} frames of {h}x{w}, got {frames} frames of {height}x{width}; "
                 "raise --clip-len or keep the backbone's preprocessing"
             )
@@ -148,7 +149,7 @@ class ClipBackbone(Backbone):
     def check_clip_len(self, clip_len: int) -> None:
         """Raise ValueError (saying what to pass) when windows of `clip_len` frames cannot go through the network."""
         if clip_len < 1:
-            raise ValueError(f"--clip-len must be >= 1, got {clip_len}")
+            raise UserError(f"--clip-len must be >= 1, got {clip_len}")
         crop = self.preprocessing.crop
         self.extractor.check_size(clip_len, crop, crop)
 
@@ -166,7 +167,7 @@ def create_clip_backbone(name: str, weights: str | os.PathLike | None = None) ->
     try:
         builder = _CLIP_BUILDERS[name]
     except KeyError:
-        raise ValueError(f"unknown clip backbone {name!r}; choose one of: {', '.join(_CLIP_BUILDERS)}") from None
+        raise UserError(f"unknown clip backbone {name!r}; choose one of: {', '.join(_CLIP_BUILDERS)}") from None
     return builder(name, None if weights is None else str(weights))
 
 
@@ -177,7 +178,7 @@ def clip_weights_records(name: str) -> list[WeightsRecord]:
 
         return i3d_weights_records()
     if name not in TORCHVISION_VIDEO_MODELS:
-        raise ValueError(f"unknown clip backbone {name!r}; choose one of: {', '.join(_CLIP_BUILDERS)}")
+        raise UserError(f"unknown clip backbone {name!r}; choose one of: {', '.join(_CLIP_BUILDERS)}")
     return torchvision_records(name, torchvision.models.get_model_weights(name), video_preprocessing,
                                window=lambda member: TRAINED_WINDOWS[str(member)])
 

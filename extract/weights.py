@@ -26,6 +26,8 @@ import torch
 from torch import Tensor, nn
 from torchvision.models import ResNet50_Weights, WeightsEnum
 
+from vidfeat.features.errors import UserError
+
 if TYPE_CHECKING:
     from vidfeat.extract.video import Geometry
 
@@ -34,7 +36,7 @@ IMAGENET_CATEGORIES: tuple[str, ...] = tuple(ResNet50_Weights.IMAGENET1K_V1.meta
 HASH_IN_NAME = re.compile(r"-([0-9a-f]{8,})\.")
 
 
-class WeightsError(RuntimeError):
+class WeightsError(UserError):
     """A weights file is unreadable or does not fit the architecture."""
 
 

@@ -14,6 +14,7 @@ from typing import Iterable, Iterator, NamedTuple
 import numpy as np
 
 from vidfeat.extract.video import Frame
+from vidfeat.features.errors import UserError
 
 
 class Row(NamedTuple):
@@ -34,7 +35,7 @@ class Windowing:
 
     def __post_init__(self) -> None:
         if self.clip_len < 1 or self.stride < 1:
-            raise ValueError(f"--clip-len and --clip-stride must be >= 1, got {self.clip_len} and {self.stride}")
+            raise UserError(f"--clip-len and --clip-stride must be >= 1, got {self.clip_len} and {self.stride}")
 
     def describe(self) -> dict:
         return {"clip_len": self.clip_len, "stride": self.stride, "short_videos": "looped",

@@ -4,22 +4,21 @@ from vidfeat.features.store import (
     CommittedKeys,
     DiskFull,
     FeatureStore,
-    ProvenanceMismatch,
     Rows,
     StoreError,
     StoreLocked,
     StoreWriter,
     StoredVideos,
     VideoRecord,
-    check_compatible,
     merge_stores,
     open_store,
     Verification,
-    provenance_hash,
     shard_paths,
     verify_store,
     write_store,
 )
+from vidfeat.features.errors import UserError
+from vidfeat.features.provenance import ProvenanceMismatch, check_compatible, check_representation, provenance_hash
 from vidfeat.features.loaders import SequenceSource, StorePath, fits_in_memory, load_xy, pool, select_keys
 
 __all__ = [
@@ -27,4 +26,5 @@ __all__ = [
     "StoreLocked", "StoreWriter", "StoredVideos", "VideoRecord", "check_compatible", "merge_stores", "open_store",
     "provenance_hash", "shard_paths", "write_store", "Verification", "verify_store",
     "SequenceSource", "StorePath", "fits_in_memory", "load_xy", "pool", "select_keys",
+    "UserError", "check_representation",
 ]

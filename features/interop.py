@@ -20,6 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
+from vidfeat.features.errors import UserError
 from vidfeat.features.store import SPLIT_CODES, StoreError, VideoRecord, open_store, write_store
 
 META_KEYS = ("fps", "timestamps_ms")
@@ -94,10 +95,10 @@ def read_labels(path: Path) -> dict[str, Labelling]:
         rows = list(csv.DictReader(f))
     header = set(rows[0]) if rows else set()
     if not {"video", "label"} <= header:
-        raise ValueError(f"{path}: a labels CSV needs the columns video,label[,split]; found {sorted(header)}")
+        raise UserError(f"{path}: a labels CSV needs the columns video,label[,split]; found {sorted(header)}")
     bad = [r["split"] for r in rows if (r.get("split") or None) not in SPLIT_CODES]
     if bad:
-        raise ValueError(f"{path}: split must be train, val, test or empty, got {bad[0]!r}")
+        raise UserError(f"{path}: split must be train, val, test or empty, got {bad[0]!r}")
     has_split = "split" in header
     return {r["video"]: Labelling(r["video"], r["label"] or None, ((r["split"] or None),) if has_split else ())
             for r in rows}
@@ -136,7 +137,7 @@ def import_features(
     if labels is not None:
         unlabelled = [f.stem for f in found if f.stem not in labels]
         if unlabelled:
-            raise ValueError(f"{len(unlabelled)} feature file(s) have no row in the labels, e.g. {unlabelled[0]!r}; "
+            raise UserError(f"{len(unlabelled)} feature file(s) have no row in the labels, e.g. {unlabelled[0]!r}; "
                              "label every video, or import a folder holding only the labelled ones")
     labelling = labels or {f.stem: Labelling(f.stem) for f in found}
     records = [_record(f, labelling[f.stem]) for f in found]
@@ -166,7 +167,7 @@ def export_features(store_path: str | os.PathLike, out_dir: str | os.PathLike, *
     """Write every video of the store as video_features does (``<stem>_<type>.npy``, ``_timestamps_ms``, and
     ``_fps`` when the store records one rate), plus ``labels.csv`` for :func:`read_labels`; returns #videos."""
     if fmt not in FORMATS:
-        raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+        raise UserError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     out_dir = Path(out_dir)
     with open_store(store_path) as store:
         feature_type = feature_type or store.attrs.get("imported", {}).get("feature_type") or store.attrs["backbone"]

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from vidfeat.features.errors import UserError
 from vidfeat.features.store import FeatureStore, Rows, open_store
 
 POOLINGS = ("mean", "max", "meanstd")
@@ -27,7 +28,7 @@ def select_keys(store: FeatureStore, split: str | None = None, fold: int = 1) ->
     if split is None:
         return keys
     if store.n_folds == 0:
-        raise ValueError(f"this store has no split information; it cannot select the {split!r} split")
+        raise UserError(f"this store has no split information; it cannot select the {split!r} split")
     return [k for k in keys if store.split(k, fold) == split]
 
 
@@ -40,7 +41,7 @@ def pool(sequence: np.ndarray, pooling: str) -> np.ndarray:
         return x.max(axis=0)
     if pooling == "meanstd":
         return np.concatenate([x.mean(axis=0), x.std(axis=0)])
-    raise ValueError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")
+    raise UserError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")
 
 
 def load_xy(

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
 import json
 import os
 import time
@@ -26,17 +25,12 @@ from typing import Callable, Iterable, Iterator, Sequence
 import h5py
 import numpy as np
 
+from vidfeat.features.errors import UserError
+from vidfeat.features.provenance import ProvenanceMismatch, canonical, check_compatible, provenance_hash
+
 SCHEMA_VERSION = 1
 SPLIT_CODES = {None: 0, "train": 1, "val": 2, "test": 3}
 SPLIT_NAMES = {code: name for name, code in SPLIT_CODES.items()}
-# Provenance fields that define what a feature *means*; stores that differ in any of them must never mix.
-IDENTITY_FIELDS = (
-    "kind", "backbone", "weights", "feature_dim", "dtype", "preprocessing", "sampling", "window", "rois",
-    "spatial", "dataset", "classes", "n_folds",
-)
-# Identity fields added after schema version 1 was fixed: hashed only when set, so stores written before keep
-# their provenance hash.
-_LATER_FIELDS = ("spatial",)
 _JSON_FIELDS = ("preprocessing", "sampling", "window", "rois", "spatial", "classes", "software", "imported")
 _STR = h5py.string_dtype("utf-8")
 # Per-row region datasets, present when the store was extracted with --rois.
@@ -51,7 +45,7 @@ _VIDEO_COLUMNS = {
 }
 
 
-class StoreError(RuntimeError):
+class StoreError(UserError):
     """A store cannot be read or written as asked."""
 
 
@@ -61,10 +55,6 @@ class StoreLocked(StoreError):
 
 class DiskFull(StoreError):
     """A store file could not be written for lack of space; what was committed before is intact."""
-
-
-class ProvenanceMismatch(StoreError):
-    """Two stores (or a store and a request) were made differently and must not be mixed."""
 
 
 @dataclass
@@ -169,34 +159,6 @@ class _Mapped:
     identity: tuple[int, int]
 
 
-def _canonical(value: object) -> str:
-    """JSON with sorted keys: tuples and lists, or dicts in another order, compare equal as they do on disk."""
-    return json.dumps(value, sort_keys=True)
-
-
-def provenance_hash(provenance: dict) -> str:
-    """Hash of the identity fields only, so versions and timestamps don't make equal configs look different."""
-    identity = {
-        name: provenance.get(name) for name in IDENTITY_FIELDS
-        if name not in _LATER_FIELDS or provenance.get(name) is not None
-    }
-    return hashlib.sha256(_canonical(identity).encode()).hexdigest()
-
-
-def check_compatible(expected: dict, actual: dict, what: str) -> None:
-    """Raise ProvenanceMismatch naming every identity field that differs."""
-    diffs = [
-        f"  {name}: {_canonical(expected.get(name))} vs {_canonical(actual.get(name))}"
-        for name in IDENTITY_FIELDS
-        if _canonical(expected.get(name)) != _canonical(actual.get(name))
-    ]
-    if diffs:
-        raise ProvenanceMismatch(
-            f"{what} was made with a different configuration; refusing to mix them:\n" + "\n".join(diffs)
-            + "\nUse a different output file for a different configuration."
-        )
-
-
 def _read_attrs(f: h5py.File) -> dict:
     attrs = {}
     for name, value in f.attrs.items():
@@ -213,7 +175,7 @@ def _write_attrs(f: h5py.File, provenance: dict) -> None:
         if value is None:
             continue
         if name in _JSON_FIELDS or name == "dataset":
-            value = _canonical(value)
+            value = canonical(value)
         f.attrs[name] = value
     f.attrs["provenance_hash"] = provenance_hash(provenance)
 
@@ -425,7 +387,7 @@ class FeatureStore:
 
     def split(self, key: str, fold: int = 1) -> str | None:
         if not 1 <= fold <= self.n_folds:
-            raise ValueError(f"fold must be in 1..{self.n_folds} for this store, got {fold}")
+            raise UserError(f"fold must be in 1..{self.n_folds} for this store, got {fold}")
         file, i = self._locate(key)
         return SPLIT_NAMES[int(file.split[i, fold - 1])]
 
@@ -744,7 +706,7 @@ class StoreWriter:
 
     def __init__(self, path: str | os.PathLike, provenance: dict, commit_every: float = 0.0) -> None:
         if commit_every < 0:
-            raise ValueError(f"commit_every is a number of seconds >= 0, got {commit_every}")
+            raise UserError(f"commit_every is a number of seconds >= 0, got {commit_every}")
         self.path = Path(path)
         self.provenance = _stamp(provenance)
         self.commit_every = commit_every

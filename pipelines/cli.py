@@ -19,10 +19,11 @@ from vidfeat.extract.device import PRECISIONS  # noqa: E402
 from vidfeat.extract.runner import ExtractOptions  # noqa: E402
 from vidfeat.extract.video import Sampling  # noqa: E402
 from vidfeat.features import interop  # noqa: E402
-from vidfeat.features.store import StoreError, merge_stores, open_store, verify_store  # noqa: E402
+from vidfeat.features.errors import UserError  # noqa: E402
+from vidfeat.features.store import merge_stores, open_store, verify_store  # noqa: E402
 from vidfeat.pipelines import stages  # noqa: E402
-from vidfeat.pipelines.datasets import ADAPTERS, DatasetError  # noqa: E402
-from vidfeat.pipelines.scaleout import ClusterError, MissingDependency, ScaleOut  # noqa: E402
+from vidfeat.pipelines.datasets import ADAPTERS  # noqa: E402
+from vidfeat.pipelines.scaleout import ScaleOut  # noqa: E402
 from vidfeat.temporal.heads import list_heads  # noqa: E402
 from vidfeat.temporal.runs import (  # noqa: E402
     SWEEP_FILE, compare_runs, evaluate_run, format_comparison, format_ranking, rank_configurations, train_folds,
@@ -31,8 +32,9 @@ from vidfeat.temporal.runs import (  # noqa: E402
 from vidfeat.temporal.sampling import SAMPLE_MODES  # noqa: E402
 from vidfeat.temporal.sweep import SweepGrid, run_sweep  # noqa: E402
 
-# Errors a user can act on: shown as one clear message, no traceback.
-USER_ERRORS = (StoreError, DatasetError, ClusterError, MissingDependency, ValueError, FileNotFoundError, RuntimeError)
+# Errors a user can act on: shown as one clear message, no traceback (every layer's own error types are UserErrors).
+# Anything else is a bug and keeps its traceback.
+USER_ERRORS = (UserError, FileNotFoundError)
 
 
 def _fail(exc: Exception) -> None:
@@ -124,7 +126,7 @@ def extract(inputs, out, dataset, data_root, list_file, backbone, weights, fps, 
             scaled = stages.extract_sharded(out, ScaleOut(cluster, scheduler, shard, merge, videos_per_task), **what)
             summary, report = scaled.summary, stages.format_scaled_summary(scaled)
         elif merge or videos_per_task:
-            raise ValueError("--merge and --videos-per-task apply to --cluster/--scheduler runs")
+            raise UserError("--merge and --videos-per-task apply to --cluster/--scheduler runs")
         else:
             summary = stages.extract(out, **what)
             report = stages.format_summary(summary)

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Iterable, Protocol
 
+from vidfeat.features.errors import UserError
+
 log = logging.getLogger(__name__)
 
 VIDEO_EXTENSIONS: frozenset[str] = frozenset(
@@ -27,7 +29,7 @@ UCF101_URL = "https://www.crcv.ucf.edu/data/UCF101.php"
 _SHOW_MISSING = 5
 
 
-class DatasetError(Exception):
+class DatasetError(UserError):
     """A dataset could not be loaded; the message says what was expected, where we looked and what to do."""
 
 

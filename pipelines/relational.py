@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vidfeat.features.errors import UserError
 from vidfeat.pipelines.sample import box_mask, disk_mask, encode_frames, ensure_generated
 
 GENERATOR_VERSION = 2
@@ -210,7 +211,7 @@ class Benchmark:
                 return self.forward_scene(forward, index)
             if cls == backward:
                 return self.forward_scene(forward, index).reversed()
-        raise ValueError(f"unknown {self.name} class {cls!r}; classes: {', '.join(self.classes)}")
+        raise UserError(f"unknown {self.name} class {cls!r}; classes: {', '.join(self.classes)}")
 
     def render(self, cls: str, index: int) -> "RelationalVideo":
         """Draw video ``index`` of ``cls`` on its backdrop. A reversed class gets the forward video's frames in

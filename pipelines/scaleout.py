@@ -19,6 +19,7 @@ from pathlib import Path
 from vidfeat.extract.runner import (
     ExtractionSetup, ExtractOptions, ExtractSummary, VideoJob, extract_prepared, new_summary, prepare_extraction,
 )
+from vidfeat.features.errors import UserError
 from vidfeat.features.store import (
     FeatureStore, StoredVideos, StoreError, check_compatible, merge_stores, open_store, shard_paths,
 )
@@ -26,11 +27,11 @@ from vidfeat.features.store import (
 DIST_EXTRA = "pip install 'vidfeat[dist]'"
 
 
-class MissingDependency(ImportError):
+class MissingDependency(UserError, ImportError):
     """An optional piece (an extra) that this feature needs is not installed."""
 
 
-class ClusterError(RuntimeError):
+class ClusterError(UserError):
     """The Dask cluster cannot run the extraction as it is set up (unreachable, or its workers cannot)."""
 
 
@@ -46,11 +47,11 @@ class ScaleOut:
 
     def __post_init__(self) -> None:
         if sum(x is not None for x in (self.cluster, self.scheduler, self.shard)) != 1:
-            raise ValueError("a scaled-out extraction takes exactly one of --cluster, --scheduler and --shard")
+            raise UserError("a scaled-out extraction takes exactly one of --cluster, --scheduler and --shard")
         if self.videos_per_task is not None and (self.videos_per_task < 1 or self.shard is not None):
-            raise ValueError("--videos-per-task takes a number >= 1, with --cluster or --scheduler")
+            raise UserError("--videos-per-task takes a number >= 1, with --cluster or --scheduler")
         if self.merge is not None and self.shard is not None:
-            raise ValueError("--merge cannot finish an array job (the other shards may still run); merge when all "
+            raise UserError("--merge cannot finish an array job (the other shards may still run); merge when all "
                              "are done, with `vidfeat features merge OUT.h5 DIR`")
         if self.cluster is not None:
             _local_workers(self.cluster)
@@ -66,7 +67,7 @@ def _local_workers(cluster: str) -> int | None:
     """``local`` -> None (one worker per GPU, or per core), ``local:N`` -> N."""
     match = re.fullmatch(r"local(?::(\d+))?", cluster.strip())
     if not match or match[1] == "0":
-        raise ValueError(f"--cluster takes local or local:N with N >= 1, got {cluster!r}")
+        raise UserError(f"--cluster takes local or local:N with N >= 1, got {cluster!r}")
     return int(match[1]) if match[1] else None
 
 
@@ -104,7 +105,7 @@ class Shard:
     def parse(cls, text: str) -> "Shard":
         match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
         if not match or not 1 <= int(match[1]) <= int(match[2]):
-            raise ValueError(f"--shard takes I/N with 1 <= I <= N (for example 3/8), got {text!r}")
+            raise UserError(f"--shard takes I/N with 1 <= I <= N (for example 3/8), got {text!r}")
         return cls(int(match[1]), int(match[2]))
 
     def takes(self, key: str) -> bool:

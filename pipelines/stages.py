@@ -1,7 +1,6 @@
 """Stage wiring: dataset adapters -> extraction jobs -> the feature store. Callable from Python; the CLI is a shell."""
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from collections import Counter
@@ -12,11 +11,15 @@ from typing import Sequence
 import numpy as np
 
 from vidfeat.extract.backbones import Backbone, create_backbone, detector_categories, list_backbones, weights_records
-from vidfeat.extract.runner import ExtractOptions, ExtractSummary, VideoJob, extract_videos
+from vidfeat.extract.runner import (
+    ExtractOptions, ExtractSummary, VideoJob, describe_preprocessing, extract_videos, input_geometry,
+)
 from vidfeat.extract.video import Sampling
 from vidfeat.features import interop
+from vidfeat.features.errors import UserError
 from vidfeat.features.interop import ImportSummary
-from vidfeat.features.store import FeatureStore, ProvenanceMismatch, open_store
+from vidfeat.features.provenance import ProvenanceMismatch, differences
+from vidfeat.features.store import FeatureStore, open_store
 from vidfeat.pipelines import relational, sample
 from vidfeat.pipelines.scaleout import ScaledSummary, ScaleOut, extract_scaled
 from vidfeat.pipelines.datasets import Dataset, dataset_from_inputs, load_dataset
@@ -60,16 +63,16 @@ def resolve_dataset(
 ) -> Dataset:
     """Either named dataset (adapter layout) or loose INPUT files/directories; exactly one of the two."""
     if dataset and inputs:
-        raise ValueError("give either --dataset or INPUT paths, not both")
+        raise UserError("give either --dataset or INPUT paths, not both")
     if dataset:
         if data_root is None and dataset in EMBEDDED_ROOTS:
             data_root = EMBEDDED_ROOTS[dataset]
         if data_root is None and list_file is None:
-            raise ValueError(f"--dataset {dataset} needs --data-root DIR (see `vidfeat datasets` for the layout)")
+            raise UserError(f"--dataset {dataset} needs --data-root DIR (see `vidfeat datasets` for the layout)")
         return load_dataset(dataset, data_root if data_root is not None else Path(list_file).parent, list_file, seed)
     if inputs:
         return dataset_from_inputs([Path(p) for p in inputs])
-    raise ValueError("nothing to extract: pass INPUT files/directories or --dataset NAME --data-root DIR")
+    raise UserError("nothing to extract: pass INPUT files/directories or --dataset NAME --data-root DIR")
 
 
 def extract(
@@ -115,18 +118,18 @@ def import_features(
     """A store from per-video feature files (video_features' layout), labelled by a labels CSV or by a dataset
     adapter (its videos matched to the files by file stem), or unlabelled."""
     if labels is not None and dataset is not None:
-        raise ValueError("give either --labels CSV or --dataset NAME, not both")
+        raise UserError("give either --labels CSV or --dataset NAME, not both")
     if dataset is None:
         return interop.import_features(folder, out, interop.read_labels(Path(labels)) if labels else None,
                                        feature_type=feature_type, dtype=dtype)
     if data_root is None and list_file is None:
-        raise ValueError(f"--dataset {dataset} needs --data-root DIR (see `vidfeat datasets` for the layout)")
+        raise UserError(f"--dataset {dataset} needs --data-root DIR (see `vidfeat datasets` for the layout)")
     loaded = load_dataset(dataset, data_root if data_root is not None else Path(list_file).parent, list_file)
     by_stem: dict[str, interop.Labelling] = {}
     for item in loaded.items:
         stem = Path(item.path).stem
         if stem in by_stem:
-            raise ValueError(f"videos {by_stem[stem].key!r} and {item.key!r} share the file stem {stem!r}; "
+            raise UserError(f"videos {by_stem[stem].key!r} and {item.key!r} share the file stem {stem!r}; "
                              "video_features' files are named by stem only, so they cannot be told apart")
         by_stem[stem] = interop.Labelling(item.key, item.label, tuple(item.splits))
     return interop.import_features(folder, out, by_stem, classes=loaded.classes, feature_type=feature_type,
@@ -219,22 +222,19 @@ def format_row_cost(nbytes: dict[str, int], unit: str) -> str:
     return f"disk per {unit}: {total / 1024:.1f} KB ({parts} KB)"
 
 
-def backbone_for(provenance: dict, weights: str | None = None) -> Backbone:
-    """Rebuild the backbone a store was made with, and prove it is the same one (weights and preprocessing)."""
+def backbone_for(provenance: dict, options: ExtractOptions, weights: str | None = None) -> Backbone:
+    """Rebuild the backbone a store was made with, and prove it is the same one: its weights, and the
+    preprocessing the runner records for it under ``options`` (:func:`reproducing_options`), compare equal by
+    the one provenance rule."""
     recorded = provenance["weights"]
     if recorded == "none":
         weights = "none"  # seeded random init: reproducible
     elif recorded.startswith("sha256:") and weights is None:
-        raise ValueError(f"these features were extracted with a weights file ({recorded}); pass it with --weights FILE")
+        raise UserError(f"these features were extracted with a weights file ({recorded}); pass it with --weights FILE")
     backbone = create_backbone(provenance["backbone"], weights)
-    mismatches = []
-    if backbone.weights_id != recorded:
-        mismatches.append(f"  weights: recorded {recorded} vs available {backbone.weights_id}")
-    described = backbone.preprocessing.describe()
-    if provenance.get("rois") is not None:  # region stores see the whole frame at their own size (--roi-size)
-        described = {**described, "resize": provenance["preprocessing"]["resize"], "crop": None}
-    if json.dumps(described, sort_keys=True) != json.dumps(provenance["preprocessing"], sort_keys=True):
-        mismatches.append(f"  preprocessing: recorded {provenance['preprocessing']} vs available {described}")
+    rebuilt = {"weights": backbone.weights_id,
+               "preprocessing": describe_preprocessing(backbone, input_geometry(backbone, options))}
+    mismatches = differences(provenance, rebuilt, rebuilt, ("recorded", "vs available"))
     if mismatches:
         raise ProvenanceMismatch("cannot reproduce the features this run was trained on:\n" + "\n".join(mismatches))
     return backbone
@@ -248,7 +248,7 @@ def _region_options(provenance: dict, detector_weights: str | None) -> dict:
         return {}
     source = rois["source"]
     if source.startswith("file:"):
-        raise ValueError(
+        raise UserError(
             f"this run's regions came from a box file ({source}), which has no boxes for new videos; "
             "train on a store extracted with --rois grid:RxC or detector:NAME to predict on new videos"
         )
@@ -275,7 +275,7 @@ def _detector_weights(recorded: str, given: str | None) -> str | None:
     if given is not None:
         return given  # predict checks the boxes' provenance against the run's after extracting
     if recorded.startswith("sha256:"):
-        raise ValueError(
+        raise UserError(
             f"this run's regions were found with a detector weights file ({recorded}); pass that file with "
             "--detector-weights FILE so that new videos get boxes from the same detector"
         )
@@ -286,7 +286,7 @@ def reproducing_options(
     provenance: dict, device: str = "auto", detector_weights: str | None = None
 ) -> ExtractOptions:
     """Extraction options that give new videos the rows a store's videos have: its sampling, dtype, clip
-    windows and regions (the backbone and preprocessing are checked by `backbone_for`)."""
+    windows, regions and grid (the backbone and preprocessing are checked by `backbone_for`)."""
     window = provenance.get("window") or {}
     return ExtractOptions(
         sampling=Sampling.from_description(provenance["sampling"]), device=device, dtype=provenance["dtype"],
@@ -315,8 +315,8 @@ def predict(
     features mean what the run's did, then the trained head."""
     model, config = load_run(run_dir)
     provenance = config["features"]["provenance"]
-    backbone = backbone_for(provenance, weights)
     options = reproducing_options(provenance, device, detector_weights)
+    backbone = backbone_for(provenance, options, weights)
     jobs = [VideoJob(f"video{i:06d}", Path(v)) for i, v in enumerate(videos)]
     with tempfile.TemporaryDirectory(prefix="vidfeat-predict-") as tmp:
         store_path = Path(tmp) / "features.h5"

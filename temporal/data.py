@@ -17,6 +17,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from vidfeat.features import FeatureStore, Rows, SequenceSource, StorePath, fits_in_memory, open_store, select_keys
+from vidfeat.features.errors import UserError
 from vidfeat.features.store import ROI_DATASETS, SPATIAL_DATASET
 from vidfeat.temporal.sampling import check_sampling, sample_indices
 
@@ -54,14 +55,14 @@ SPLIT_PARTS = ("train", "val", "test")
 def fold_parts(store: FeatureStore, fold: int) -> dict[str, list[str]]:
     """The labelled keys of each part (train, val, test) of ``fold``, as the store records them."""
     if store.n_folds == 0:
-        raise ValueError(
+        raise UserError(
             "this store has no train/test splits (n_folds=0), so there is nothing to train and score on; "
             "extract a dataset with splits (hmdb51, ucf101, a list file with a split column, folder, sample)"
         )
     parts = {name: select_keys(store, name, fold) for name in SPLIT_PARTS}
     for name in ("train", "test"):
         if not parts[name]:
-            raise ValueError(
+            raise UserError(
                 f"fold {fold} of this store has no labelled {name} videos; check the dataset's split files"
             )
     return parts
@@ -95,7 +96,7 @@ def require_regions(store: FeatureStore, head: str) -> dict:
     """The store's ``rois`` provenance; a clear error naming ``vidfeat extract --rois`` when it has none."""
     rois = store.attrs.get("rois")
     if not rois:
-        raise ValueError(
+        raise UserError(
             f"head {head!r} works on region (RoI) features, but this store ({', '.join(map(str, store.paths))}) "
             "has none; extract one with `vidfeat extract ... --rois SOURCE` (SOURCE: file:BOXES.csv, grid:RxC "
             "or detector:NAME), or train a frame head (mean, lstm, tcn, transformer, logreg)"
@@ -107,7 +108,7 @@ def require_spatial(store: FeatureStore, head: str) -> dict:
     """The store's ``spatial`` provenance; a clear error naming ``vidfeat extract --spatial`` when it has none."""
     spatial = store.attrs.get("spatial")
     if not spatial:
-        raise ValueError(
+        raise UserError(
             f"head {head!r} works on spatial grids, but this store ({', '.join(map(str, store.paths))}) has none; "
             "extract one with `vidfeat extract ... --spatial S` (e.g. 4), or train a frame head "
             "(mean, lstm, tcn, transformer, logreg)"
@@ -191,7 +192,7 @@ class RowArrays:
             self._pid = os.getpid()
         value = self.read(self._store, self.keys[index])
         if value is None:
-            raise ValueError(f"video {self.keys[index]!r} has no {', '.join(self.datasets)} in {self.path}")
+            raise UserError(f"video {self.keys[index]!r} has no {', '.join(self.datasets)} in {self.path}")
         return value
 
     def length(self, index: int) -> int:
@@ -327,7 +328,7 @@ class SequenceDataset(Dataset):
         for index in indices:
             found, rows = extra.length(index), int(self.source.lengths[index])
             if found != rows:
-                raise ValueError(
+                raise UserError(
                     f"video {self.source.keys[index]!r}: {found} {extra.datasets[0]} rows for {rows} feature rows; "
                     "the store is inconsistent, extract it again"
                 )

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from vidfeat.features.errors import UserError
+
 GEOMETRY_DIM = 8  # x1 y1 x2 y2, centre x y, width, height (all normalised to [0, 1])
 EDGE_DIM = 64  # width of the embedded edge geometry
 TIME_FREQUENCIES = 4  # sinusoids coding a step's place in its video
@@ -240,18 +242,18 @@ class GCNHead(nn.Module):
     ) -> None:
         super().__init__()
         if not (appearance or box_embedding):
-            raise ValueError("gcn nodes need features: keep appearance=true (RoI features) or box_embedding=true")
+            raise UserError("gcn nodes need features: keep appearance=true (RoI features) or box_embedding=true")
         if not (similarity or spatiotemporal or relation):
-            raise ValueError(
+            raise UserError(
                 "gcn needs at least one graph: keep similarity=true, spatiotemporal=true or relation=true "
                 "(with none, it would be an order-blind mean over regions)"
             )
         if layers < 1 or hidden < 1 or appearance_dim < 1:
-            raise ValueError(
+            raise UserError(
                 f"gcn needs layers, hidden and appearance_dim >= 1, got {layers}, {hidden} and {appearance_dim}"
             )
         if not 0 <= drop_appearance < 1:
-            raise ValueError(f"drop_appearance is a probability in [0, 1), got {drop_appearance}")
+            raise UserError(f"drop_appearance is a probability in [0, 1), got {drop_appearance}")
         self.input_dim, self.roi_dim = input_dim, roi_dim or input_dim
         self.hidden, self.global_branch, self.appearance = hidden, global_branch, appearance
         self.box_embedding, self.centred_boxes = box_embedding, centred_boxes

@@ -27,6 +27,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
+from vidfeat.features.errors import UserError
 from vidfeat.temporal.gcn import GCNHead
 from vidfeat.temporal.layers import masked_mean, sinusoidal_encoding
 from vidfeat.temporal.spatial_heads import ECOHead, TimeSformerHead
@@ -100,7 +101,7 @@ class LSTMHead(nn.Module):
     ) -> None:
         super().__init__()
         if readout not in ("last", "mean"):
-            raise ValueError(f"lstm readout must be 'last' or 'mean', got {readout!r}")
+            raise UserError(f"lstm readout must be 'last' or 'mean', got {readout!r}")
         self.readout = readout
         self.directions = 2 if bidirectional else 1
         self.input_dropout = nn.Dropout(dropout)
@@ -206,7 +207,7 @@ class TCNHead(nn.Module):
     ) -> None:
         super().__init__()
         if kernel_size < 2 or levels < 1:
-            raise ValueError(f"tcn needs kernel_size >= 2 and levels >= 1, got {kernel_size} and {levels}")
+            raise UserError(f"tcn needs kernel_size >= 2 and levels >= 1, got {kernel_size} and {levels}")
         self.receptive_field = 1 + 2 * (kernel_size - 1) * (2**levels - 1)
         self.proj = nn.Linear(input_dim, channels)
         self.blocks = nn.ModuleList(
@@ -281,11 +282,11 @@ class TransformerHead(nn.Module):
     ) -> None:
         super().__init__()
         if positional not in ("learned", "sinusoidal"):
-            raise ValueError(f"transformer positional must be 'learned' or 'sinusoidal', got {positional!r}")
+            raise UserError(f"transformer positional must be 'learned' or 'sinusoidal', got {positional!r}")
         if readout not in ("cls", "mean"):
-            raise ValueError(f"transformer readout must be 'cls' or 'mean', got {readout!r}")
+            raise UserError(f"transformer readout must be 'cls' or 'mean', got {readout!r}")
         if d_model % heads:
-            raise ValueError(f"d_model ({d_model}) must be divisible by heads ({heads})")
+            raise UserError(f"d_model ({d_model}) must be divisible by heads ({heads})")
         self.positional, self.readout, self.max_len = positional, readout, max_len
         self.proj = nn.Linear(input_dim, d_model)
         self.cls = nn.Parameter(torch.zeros(1, 1, d_model))
@@ -313,7 +314,7 @@ class TransformerHead(nn.Module):
         steps = x.shape[1]
         if steps > self.max_len:
             if self.positional == "learned":
-                raise ValueError(
+                raise UserError(
                     f"sequence of {steps} steps is longer than the learned positions (max_len={self.max_len}); "
                     "sample fewer steps (segments/window) or build the head with a larger max_len"
                 )
@@ -351,14 +352,14 @@ def list_heads() -> list[str]:
 def uses_regions(name: str) -> bool:
     """Whether head ``name`` needs the store's region features (RoIs) as well as the frame features."""
     if name not in HEADS:
-        raise ValueError(f"unknown head {name!r}; available heads: {', '.join(HEADS)}")
+        raise UserError(f"unknown head {name!r}; available heads: {', '.join(HEADS)}")
     return bool(getattr(HEADS[name], "uses_regions", False))
 
 
 def uses_spatial(name: str) -> bool:
     """Whether head ``name`` needs the store's spatial grid (``--spatial S``) as well as the frame features."""
     if name not in HEADS:
-        raise ValueError(f"unknown head {name!r}; available heads: {', '.join(HEADS)}")
+        raise UserError(f"unknown head {name!r}; available heads: {', '.join(HEADS)}")
     return bool(getattr(HEADS[name], "uses_spatial", False))
 
 
@@ -366,14 +367,14 @@ def training_defaults(name: str) -> dict:
     """Training options the head's recipe changes from :class:`~vidfeat.temporal.training.TrainConfig`'s defaults
     (its ``train_defaults`` attribute); what a user passes still wins."""
     if name not in HEADS:
-        raise ValueError(f"unknown head {name!r}; available heads: {', '.join(HEADS)}")
+        raise UserError(f"unknown head {name!r}; available heads: {', '.join(HEADS)}")
     return dict(getattr(HEADS[name], "train_defaults", {}))
 
 
 def head_defaults(name: str) -> dict:
     """The head's options with their default values (recorded in run configs so runs are reproducible)."""
     if name not in HEADS:
-        raise ValueError(f"unknown head {name!r}; available heads: {', '.join(HEADS)}")
+        raise UserError(f"unknown head {name!r}; available heads: {', '.join(HEADS)}")
     params = list(inspect.signature(HEADS[name]).parameters.values())[2:]  # input_dim, num_classes
     return {p.name: p.default for p in params}
 
@@ -383,7 +384,7 @@ def resolve_options(name: str, options: dict) -> dict:
     defaults = head_defaults(name)
     unknown = sorted(set(options) - set(defaults))
     if unknown:
-        raise ValueError(
+        raise UserError(
             f"unknown option(s) {', '.join(unknown)} for head {name!r}; "
             f"its options are: {', '.join(f'{k}={v!r}' for k, v in defaults.items())}"
         )

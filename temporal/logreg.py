@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from joblib import Parallel, delayed
 
+from vidfeat.features.errors import UserError
 from vidfeat.temporal.heads import LogRegHead
 
 if TYPE_CHECKING:
@@ -65,7 +66,7 @@ def fit_logreg(
     train_labels = np.asarray(train_labels)
     present = np.unique(train_labels)
     if len(present) < 2:
-        raise ValueError(
+        raise UserError(
             f"logreg needs at least two classes in the training split, found {len(present)}; "
             "check the store's labels and the fold's split"
         )

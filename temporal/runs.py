@@ -30,8 +30,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from vidfeat.features import ProvenanceMismatch, SequenceSource, StorePath, fits_in_memory, open_store, select_keys
-from vidfeat.features.store import IDENTITY_FIELDS
+from vidfeat.features import SequenceSource, StorePath, check_representation, fits_in_memory, open_store, select_keys
+from vidfeat.features.errors import UserError
 from vidfeat.temporal.data import (
     FoldSplit,
     Regions,
@@ -67,14 +67,10 @@ CONFIG, CHECKPOINT, LOG, CURVES, CONFUSION, METRICS, SUMMARY = (
 COMPARISON_CSV, COMPARISON_PLOT = "comparison.csv", "comparison.png"
 SWEEP_FILE = "sweep.json"  # marks a sweep's directory (see vidfeat.temporal.sweep)
 RUN_FORMAT = 1
-# What a feature *means*: a head trained on one representation is meaningless on another. dtype (fp16 vs
-# fp32 copies of the same features), the dataset's root and fold layout may differ; the classes are checked
-# separately.
-REPRESENTATION_FIELDS = tuple(f for f in IDENTITY_FIELDS if f not in ("dtype", "dataset", "classes", "n_folds"))
 SUMMARY_METRICS = ("top1", "top5", "mean_class_accuracy")
 
 
-class RunError(RuntimeError):
+class RunError(UserError):
     """A run directory is missing, incomplete or would be overwritten."""
 
 
@@ -257,9 +253,9 @@ class RunData:
             recorded.update(kind.head_options(self.provenance))
         for name, value in recorded.items():
             if options.get(name) not in (None, value):
-                raise ValueError(f"{name}={options[name]} was given, but the store records {name}={value}")
+                raise UserError(f"{name}={options[name]} was given, but the store records {name}={value}")
         if recorded and config.mixup > 0:
-            raise ValueError(f"mixup mixes frame features only, not regions or grids; train {head!r} with mixup 0")
+            raise UserError(f"mixup mixes frame features only, not regions or grids; train {head!r} with mixup 0")
         return {**options, **recorded}
 
 
@@ -403,7 +399,7 @@ def train_folds(
         with open_store(features_path) as store:
             folds = list(range(1, store.n_folds + 1))
         if not folds:
-            raise ValueError("this store has no folds (n_folds=0); fold 'all' needs a dataset with official splits")
+            raise UserError("this store has no folds (n_folds=0); fold 'all' needs a dataset with official splits")
     _refuse_existing(out_dir)
     rows = [train_run(features_path, head, out_dir / f"fold{fold}", fold=fold, **kwargs) for fold in folds]
     summary = {
@@ -436,23 +432,12 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[n
 def check_provenance(config: dict, provenance: dict, classes: list[str] | None, store_label: str) -> None:
     """Refuse features that mean something else than what the run was trained on, naming each differing field.
     ``classes``: the store's class list, or None for a store of unlabelled videos (predict's)."""
-    trained = config["features"]["provenance"]
-    diffs = [
-        f"  {name}: run {json.dumps(trained.get(name))} vs store {json.dumps(provenance.get(name))}"
-        for name in REPRESENTATION_FIELDS
-        if trained.get(name) != provenance.get(name)
-    ]
-    if classes is not None and classes != config["classes"]:
-        diffs.append(
-            f"  classes: run has {len(config['classes'])} ({config['classes'][:5]}...) "
-            f"vs store {len(classes)} ({classes[:5]}...)"
-        )
-    if diffs:
-        raise ProvenanceMismatch(
-            f"{store_label} does not hold the features this run was trained on:\n" + "\n".join(diffs)
-            + f"\nEvaluate with the run's store ({config['features']['path']}) or extract one with the same "
-            "backbone, weights, preprocessing and sampling."
-        )
+    check_representation(
+        config["features"]["provenance"], provenance, store_label,
+        f"Evaluate with the run's store ({config['features']['path']}) or extract one with the same backbone, "
+        "weights, preprocessing and sampling.",
+        config["classes"], classes,
+    )
 
 
 def evaluate_run(
@@ -470,7 +455,7 @@ def evaluate_run(
         check_provenance(config, dict(store.attrs), store.classes, f"store {path}")
         test_keys = select_keys(store, "test", config["fold"])
         if not test_keys:
-            raise ValueError(f"store {path} has no labelled test videos in fold {config['fold']}; nothing to score")
+            raise UserError(f"store {path} has no labelled test videos in fold {config['fold']}; nothing to score")
         labels = class_indices(store, test_keys)
     sampling = config["sampling"]
     source, regions, spatial = load_sources(path, test_keys, [config["head"]])
@@ -494,16 +479,16 @@ def predict_sequences(
     """
     dims = {int(s.shape[1]) for s in sequences}
     if dims != {config["input_dim"]}:
-        raise ValueError(
+        raise UserError(
             f"the run expects {config['input_dim']}-d features, got {sorted(dims)}; extract with the run's backbone"
         )
     if uses_regions(config["head"]) and (regions is None or len(regions) != len(sequences)):
-        raise ValueError(
+        raise UserError(
             f"the {config['head']!r} run needs the region features of every video; extract them with the run's "
             f"RoI settings ({json.dumps(config['features']['provenance'].get('rois'))})"
         )
     if uses_spatial(config["head"]) and (spatial is None or len(spatial) != len(sequences)):
-        raise ValueError(
+        raise UserError(
             f"the {config['head']!r} run needs the spatial grid of every video; extract it with the run's grid "
             f"settings ({json.dumps(config['features']['provenance'].get('spatial'))})"
         )

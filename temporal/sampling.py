@@ -17,16 +17,18 @@ from __future__ import annotations
 
 import numpy as np
 
+from vidfeat.features.errors import UserError
+
 SAMPLE_MODES = ("segments", "window", "all")
 
 
 def _check(length: int, k: int, clip: int, num_clips: int) -> None:
     if length < 1:
-        raise ValueError(
+        raise UserError(
             f"cannot sample from an empty sequence (length {length}); the store holds a video with no steps"
         )
     if k < 1:
-        raise ValueError(f"the number of segments/steps must be >= 1, got {k}")
+        raise UserError(f"the number of segments/steps must be >= 1, got {k}")
     if not 0 <= clip < num_clips:
         raise ValueError(f"clip {clip} is outside 0..{num_clips - 1}")
 
@@ -74,7 +76,7 @@ def window_indices(
 def check_sampling(mode: str, k: int, num_clips: int = 1) -> None:
     """Validate sampling options up front, before any data is loaded."""
     if mode not in SAMPLE_MODES:
-        raise ValueError(f"unknown sample mode {mode!r}; choose one of {', '.join(SAMPLE_MODES)}")
+        raise UserError(f"unknown sample mode {mode!r}; choose one of {', '.join(SAMPLE_MODES)}")
     _check(1, k, 0, num_clips)
 
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from vidfeat.features.errors import UserError
 from vidfeat.temporal.layers import masked_mean, sinusoidal_encoding
 
 ATTENTIONS = ("divided", "joint", "space")
@@ -58,7 +59,7 @@ def centred_cells(spatial: Tensor, mask: Tensor) -> Tensor:
 
 def _grid_options(head: str, spatial_dim: int | None, grid: int | None) -> None:
     if spatial_dim is None or grid is None:
-        raise ValueError(f"{head} needs spatial_dim and grid (the store's grid depth and size S); training on a "
+        raise UserError(f"{head} needs spatial_dim and grid (the store's grid depth and size S); training on a "
                          "store with --spatial fills them in")
 
 
@@ -130,9 +131,9 @@ class TimeSformerHead(nn.Module):
         super().__init__()
         _grid_options("timesformer", spatial_dim, grid)
         if attention not in ATTENTIONS:
-            raise ValueError(f"timesformer attention must be one of {', '.join(ATTENTIONS)}, got {attention!r}")
+            raise UserError(f"timesformer attention must be one of {', '.join(ATTENTIONS)}, got {attention!r}")
         if width % heads:
-            raise ValueError(f"width ({width}) must be divisible by heads ({heads})")
+            raise UserError(f"width ({width}) must be divisible by heads ({heads})")
         self.spatial_dim, self.cells, self.max_len = spatial_dim, grid * grid, max_len
         self.attention, self.space_positions, self.centre = attention, space_positions, centre
         self.proj = nn.Linear(spatial_dim, width)
@@ -157,7 +158,7 @@ class TimeSformerHead(nn.Module):
         check_spatial(x, mask, spatial, self.cells, self.spatial_dim, "timesformer")
         batch, steps, cells, _ = spatial.shape
         if steps > self.max_len:
-            raise ValueError(f"{steps} steps are more than the learned time positions (max_len={self.max_len}); "
+            raise UserError(f"{steps} steps are more than the learned time positions (max_len={self.max_len}); "
                              "sample fewer steps or build the head with a larger max_len")
         h = self.proj(centred_cells(spatial, mask) if self.centre else spatial)
         if self.space_positions:
@@ -216,7 +217,7 @@ class ECOHead(nn.Module):
         super().__init__()
         _grid_options("eco", spatial_dim, grid)
         if blocks < 1:
-            raise ValueError(f"eco needs blocks >= 1, got {blocks}")
+            raise UserError(f"eco needs blocks >= 1, got {blocks}")
         self.spatial_dim, self.grid, self.global_branch, self.centre = spatial_dim, grid, global_branch, centre
         self.reduce = nn.Sequential(nn.Linear(spatial_dim, reduce), nn.LayerNorm(reduce), nn.ReLU())
         self.blocks = nn.ModuleList(_Residual3d(reduce) for _ in range(blocks))

@@ -20,6 +20,7 @@ from typing import Sequence
 from joblib import Parallel, delayed
 
 from vidfeat.features import StorePath
+from vidfeat.features.errors import UserError
 from vidfeat.temporal.data import resolve_store_path
 from vidfeat.temporal.heads import head_defaults, list_heads, resolve_options
 from vidfeat.temporal.runs import SWEEP_FILE, RunData, run_finished, train_run
@@ -73,7 +74,7 @@ class SweepGrid:
         known = {"heads", "head_options", "train_options", "seeds", "folds", "settings"}
         unknown = sorted(set(spec) - known)
         if unknown or "heads" not in spec:
-            raise ValueError(
+            raise UserError(
                 f"a sweep grid needs 'heads' and may have {', '.join(sorted(known - {'heads'}))}; "
                 f"got {', '.join(sorted(spec)) or 'nothing'}"
             )
@@ -94,7 +95,7 @@ class SweepGrid:
             try:
                 import yaml
             except ImportError:
-                raise ValueError(
+                raise UserError(
                     f"{path} is YAML, but PyYAML is not installed; `pip install pyyaml`, or write the grid as JSON"
                 ) from None
             spec = yaml.safe_load(text)
@@ -102,9 +103,9 @@ class SweepGrid:
             try:
                 spec = json.loads(text)
             except json.JSONDecodeError as exc:
-                raise ValueError(f"{path} is not valid JSON ({exc}); a grid file is JSON, or YAML named .yaml") from None
+                raise UserError(f"{path} is not valid JSON ({exc}); a grid file is JSON, or YAML named .yaml") from None
         if not isinstance(spec, dict):
-            raise ValueError(f"{path} must hold a mapping with 'heads' (and optionally options, seeds, folds)")
+            raise UserError(f"{path} must hold a mapping with 'heads' (and optionally options, seeds, folds)")
         return cls.from_dict(spec)
 
     def _head_grid(self, head: str) -> dict[str, list]:
@@ -119,17 +120,17 @@ class SweepGrid:
     def _check_names(self) -> None:
         unknown = [h for h in self.heads if h not in list_heads()]
         if unknown or not self.heads:
-            raise ValueError(f"unknown or no heads {unknown}; available heads: {', '.join(list_heads())}")
+            raise UserError(f"unknown or no heads {unknown}; available heads: {', '.join(list_heads())}")
         for name in self.head_options:
             scope, _, option = name.rpartition(".")
             if scope and scope not in self.heads:
-                raise ValueError(f"head option {name!r} is for head {scope!r}, which the grid does not sweep")
+                raise UserError(f"head option {name!r} is for head {scope!r}, which the grid does not sweep")
             if not scope and not any(option in head_defaults(h) for h in self.heads):
-                raise ValueError(f"no head in the grid ({', '.join(self.heads)}) has an option {option!r}")
+                raise UserError(f"no head in the grid ({', '.join(self.heads)}) has an option {option!r}")
         TrainConfig.from_options({k: v[0] for k, v in self.train_options.items()})
         bad = sorted(set(self.settings) - set(RUN_SETTINGS))
         if bad:
-            raise ValueError(f"unknown sweep setting(s) {', '.join(bad)}; settings are {', '.join(RUN_SETTINGS)}")
+            raise UserError(f"unknown sweep setting(s) {', '.join(bad)}; settings are {', '.join(RUN_SETTINGS)}")
 
     def runs(self) -> list[SweepRun]:
         """Every cell of the grid, in a stable order; unknown heads or options raise ``ValueError``."""
@@ -181,7 +182,7 @@ def _record_grid(grid: SweepGrid, root: Path, features_path: StorePath) -> None:
     if path.exists():
         previous = json.loads(path.read_text())
         if previous != record:
-            raise ValueError(
+            raise UserError(
                 f"{root} holds a sweep of another grid or store ({path}); resume it with the same grid, "
                 "or sweep into a new directory"
             )

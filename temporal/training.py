@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from vidfeat.features.errors import UserError
 from vidfeat.temporal.data import Batch, SequenceDataset, collate
 
 
@@ -47,7 +48,7 @@ class TrainConfig:
         fields = asdict(cls())
         unknown = sorted(set(options) - set(fields))
         if unknown:
-            raise ValueError(f"unknown training option(s) {', '.join(unknown)}; valid options: {', '.join(fields)}")
+            raise UserError(f"unknown training option(s) {', '.join(unknown)}; valid options: {', '.join(fields)}")
         return cls(**options)
 
 
@@ -82,7 +83,7 @@ def _loader(dataset: SequenceDataset, batch_size: int, shuffle: bool, workers: i
     )
 
 
-def _param_groups(model: nn.Module, config: TrainConfig) -> list[dict]:
+def param_groups(model: nn.Module, config: TrainConfig) -> list[dict]:
     """Weight decay on weight matrices only (not biases, norms or a head's ``no_weight_decay()`` names such
     as positional embeddings); the final classifier ``fc`` gets ``lr * fc_lr_mult``."""
     skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
@@ -139,7 +140,7 @@ def train(
     total = config.epochs * steps_per_epoch
     # The fused kernel updates each tensor in one pass: ~5x less optimiser time than the per-op loop on CPU, where
     # these heads spend a fifth of a step in AdamW; it differs from the loop only in float rounding.
-    optimizer = torch.optim.AdamW(_param_groups(model, config), fused=device.type in ("cpu", "cuda"))
+    optimizer = torch.optim.AdamW(param_groups(model, config), fused=device.type in ("cpu", "cuda"))
     warmup = min(int(round(config.warmup_epochs * steps_per_epoch)), total // 2)
     schedule = _schedule(total, max(1, warmup))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)

@@ -17,7 +17,7 @@ from vidfeat.extract.video import Geometry, Sampling, VideoReader
 from vidfeat.extract.windows import Windowing, window_rows
 from vidfeat.features import ProvenanceMismatch, StoreError, StoreWriter, VideoRecord, open_store, write_store
 from vidfeat.features import loaders, provenance_hash
-from vidfeat.features.store import IDENTITY_FIELDS
+from vidfeat.features.provenance import IDENTITY_FIELDS
 from vidfeat.pipelines.cli import main
 from vidfeat.temporal.data import SequenceDataset, SpatialSource, collate
 from vidfeat.temporal.heads import create_head

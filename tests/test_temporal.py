@@ -464,10 +464,10 @@ def test_multi_clip_evaluation_averages_clip_probabilities(ramp_store):
 
 
 def test_optimiser_groups_fc_multiplier_and_no_decay_on_positions():
-    from vidfeat.temporal.training import _param_groups
+    from vidfeat.temporal.training import param_groups
 
     head = create_head("transformer", 8, 3, d_model=8, heads=2)
-    groups = _param_groups(head, TrainConfig(lr=0.01, weight_decay=0.1, fc_lr_mult=10.0))
+    groups = param_groups(head, TrainConfig(lr=0.01, weight_decay=0.1, fc_lr_mult=10.0))
     by_param = {id(p): g for g in groups for p in g["params"]}
     assert by_param[id(head.fc.weight)]["lr"] == pytest.approx(0.1)
     assert by_param[id(head.fc.weight)]["weight_decay"] == 0.1 and by_param[id(head.fc.bias)]["weight_decay"] == 0.0
