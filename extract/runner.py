@@ -2,7 +2,7 @@
 
 The parts, each a small class passing typed messages: ``DecodePool`` (spawned processes; RowChunk, VideoEnd and
 VideoFailed messages) -> ``Batcher`` (rows of all videos, cut into batches) -> ``DeviceStage`` (BatchOutputs; on
-CUDA one batch behind, so upload, compute and storing overlap) -> ``_Assembler`` (each video's rows back
+CUDA one batch behind, so upload, compute and storing overlap) -> ``Assembler`` (each video's rows back
 together, stored and committed on the writer's clock). ``_Extraction`` routes the messages between them.
 
 Short clips (HMDB51 averages ~3 s) would starve the model if batches stopped at video boundaries, so decoded
@@ -12,11 +12,9 @@ the store as soon as its last frame has been through the model; failures are rec
 from __future__ import annotations
 
 import os
-import platform
 import threading
 import time
 from dataclasses import dataclass, field, replace
-from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
@@ -30,9 +28,11 @@ from vidfeat.extract.decode_pool import (
 from vidfeat.extract.device import (
     BatchOutput, DeviceStage, Model, ModelSettings, autocast_dtype, default_batch_size, resolve_device,
 )
-from vidfeat.extract.rois import ROI_OUTPUT_SIZE, BoxSource, parse_roi_source
-from vidfeat.extract.spatial import SpatialGrid, spatial_grid
-from vidfeat.extract.video import Geometry, Sampling, backend_versions
+from vidfeat.extract.options import ExtractOptions, grid_for, input_geometry, sampling_for, windowing_for
+from vidfeat.extract.provenance import build_provenance
+from vidfeat.extract.rois import BoxSource, parse_roi_source
+from vidfeat.extract.spatial import SpatialGrid
+from vidfeat.extract.video import Geometry
 from vidfeat.extract.windows import Windowing
 from vidfeat.features.errors import UserError
 from vidfeat.features.store import StoredVideos, StoreWriter, VideoRecord
@@ -45,33 +45,6 @@ class VideoJob:
     path: Path
     label: str | None = None
     splits: tuple[str | None, ...] = ()
-
-
-@dataclass
-class ExtractOptions:
-    sampling: Sampling = field(default_factory=Sampling)
-    clip_len: int | None = None      # clip backbones: frames per window (default: what the weights expect)
-    clip_stride: int | None = None   # clip backbones: frames between window starts (default: the backbone's)
-    rois: str | None = None          # region boxes: file:BOXES.csv | grid:RxC | detector:NAME
-    max_rois: int | None = None      # R region slots per row (padded and masked)
-    roi_size: int | None = None      # short side of the full, uncropped frame when regions are extracted
-    roi_score_threshold: float = 0.5
-    roi_classes: tuple[str, ...] = ()
-    detector_weights: str | None = None
-    spatial: int | None = None       # S: also store the map average-pooled to S x S cells per row
-    spatial_layer: str | None = None  # frame backbones: the trunk stage the grid is pooled from (default: last)
-    device: str = "auto"
-    batch_size: int | None = None
-    workers: int | None = None      # decode processes (default: the cores minus one, at least one)
-    video_timeout: float | None = None  # seconds a decoder may produce nothing before its video fails
-    commit_every: float = 5.0        # seconds between commits of finished videos (0: after every batch)
-    eager: bool = False              # CPU: run the model op by op instead of as a frozen graph
-    compile: bool = False            # torch.compile the backbone (either device)
-    precision: str = "auto"
-    dtype: str = "float16"
-    strict: bool = False
-    skip_failed: bool = False
-    progress: bool = True
 
 
 @dataclass
@@ -95,88 +68,6 @@ class ExtractSummary:
     @property
     def rows_per_second(self) -> float:
         return self.rows / self.seconds if self.seconds > 0 else 0.0
-
-
-def windowing_for(backbone: Backbone, options: ExtractOptions) -> Windowing | None:
-    """The sliding-window config of a clip backbone (None for per-frame backbones)."""
-    if backbone.kind != "clip":
-        if options.clip_len is not None or options.clip_stride is not None:
-            raise UserError(f"--clip-len/--clip-stride apply to clip backbones; {backbone.name} works per frame")
-        return None
-    clip_len = options.clip_len or backbone.clip_len
-    backbone.check_clip_len(clip_len)
-    return Windowing(clip_len, options.clip_stride or backbone.stride_for(clip_len))
-
-
-def sampling_for(backbone: Backbone, options: ExtractOptions) -> Sampling:
-    """Clip backbones default to the frame rate their weights were trained at (motion speed matters to them);
-    frame backbones default to every frame."""
-    if backbone.kind == "clip" and options.sampling == Sampling() and backbone.frame_rate:
-        return Sampling(fps=backbone.frame_rate)
-    return options.sampling
-
-
-def grid_for(backbone: Backbone, options: ExtractOptions) -> SpatialGrid | None:
-    """The spatial grid ``--spatial``/``--spatial-layer`` ask of this backbone (None without ``--spatial``)."""
-    if options.spatial is None:
-        if options.spatial_layer is not None:
-            raise UserError("--spatial-layer only applies with --spatial S")
-        return None
-    body = backbone.extractor.body if backbone.kind == "frame" else None
-    return spatial_grid(options.spatial, options.spatial_layer, backbone.kind, backbone.extractor.feature_dim, body)
-
-
-def software_versions() -> dict:
-    import h5py
-
-    return {
-        "vidfeat": version("vidfeat"), "torch": torch.__version__, "torchvision": version("torchvision"),
-        **backend_versions(), "h5py": h5py.__version__, "numpy": np.__version__, "python": platform.python_version(),
-    }
-
-
-def input_geometry(backbone: Backbone, options: ExtractOptions) -> Geometry:
-    """The weights' own resize/crop; with regions, the whole frame (no crop) so boxes near the border survive."""
-    geometry = backbone.preprocessing.geometry()
-    if options.rois is None:
-        if options.roi_size is not None:
-            raise UserError("--roi-size only applies with --rois")
-        return geometry
-    return Geometry(options.roi_size or geometry.resize, None, geometry.interpolation)
-
-
-def describe_preprocessing(backbone: Backbone, geometry: Geometry) -> dict:
-    """The provenance record of the weights' preprocessing at the geometry frames are decoded to."""
-    return {**backbone.preprocessing.describe(), "resize": geometry.resize, "crop": geometry.crop}
-
-
-def build_provenance(
-    backbone: Backbone, options: ExtractOptions, windowing: Windowing | None, boxes: BoxSource | None,
-    geometry: Geometry, dataset: dict, classes: list[str], n_folds: int, grid: SpatialGrid | None = None,
-) -> dict:
-    """Everything that defines what the stored numbers mean, plus how and where they were made."""
-    return {
-        "kind": backbone.kind,
-        "window": windowing.describe() if windowing is not None else None,
-        "rois": {**boxes.describe(), "feature_dim": backbone.extractor.feature_dim,
-                 "pooling": f"roi_align {ROI_OUTPUT_SIZE}x{ROI_OUTPUT_SIZE} on the last map, then max",
-                 **({"boxes_at": "the window's centre frame",
-                     "time_step": "the output time step whose input span holds the centre frame"}
-                    if windowing is not None else {})}
-        if boxes is not None else None,
-        "spatial": grid.describe(windowing is not None) if grid is not None else None,
-        "backbone": backbone.name,
-        "weights": backbone.weights_id,
-        "feature_dim": backbone.extractor.feature_dim,
-        "dtype": options.dtype,
-        "preprocessing": describe_preprocessing(backbone, geometry),
-        "sampling": options.sampling.describe(),
-        "dataset": dataset.get("name"),
-        "dataset_root": str(dataset.get("root", "")),
-        "classes": list(classes),
-        "n_folds": int(n_folds),
-        "software": software_versions(),
-    }
 
 
 @dataclass
@@ -367,7 +258,7 @@ class Batcher:
         return taken
 
 
-class _Assembler:
+class Assembler:
     """Collects each video's rows as the model returns them and stores a video once its last row is back."""
 
     def __init__(
@@ -517,7 +408,7 @@ class _Extraction:
     """Routes the pool's messages: rows to the batcher (full batches to the device stage, outputs to the
     assembler), ends and failures to the assembler. Region boxes are checked against each video's first rows."""
 
-    def __init__(self, stage: DeviceStage, plan: RowPlan, batch_size: int, assembler: _Assembler) -> None:
+    def __init__(self, stage: DeviceStage, plan: RowPlan, batch_size: int, assembler: Assembler) -> None:
         self.stage, self.plan, self.batch_size, self.assembler = stage, plan, batch_size, assembler
         self.batcher = Batcher()
         self.checked: set[int] = set()
@@ -588,7 +479,7 @@ class Extractor:
         """Extract ``jobs`` into ``writer`` (stored and committed as they finish), until every video is done or
         Ctrl-C (or ``stop``, set from another thread) interrupts the run."""
         setup = self.setup
-        assembler = _Assembler(jobs, writer, summary, setup.options, setup.plan.windowing is not None)
+        assembler = Assembler(jobs, writer, summary, setup.options, setup.plan.windowing is not None)
         extraction = _Extraction(self.stage, setup.plan, setup.batch_size, assembler)
         try:
             for message in self.pool.messages([job.path for job in jobs]):

@@ -16,7 +16,7 @@ if sys.argv[1:2] and sys.argv[1] in ("train-temporal", "sweep", "evaluate", "com
 import click  # noqa: E402
 
 from vidfeat.extract.device import PRECISIONS  # noqa: E402
-from vidfeat.extract.runner import ExtractOptions  # noqa: E402
+from vidfeat.extract.options import ExtractOptions  # noqa: E402
 from vidfeat.extract.video import Sampling  # noqa: E402
 from vidfeat.features import interop  # noqa: E402
 from vidfeat.features.errors import UserError  # noqa: E402

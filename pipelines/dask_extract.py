@@ -27,8 +27,9 @@ from distributed import Client, KilledWorker, Nanny, Scheduler, SpecCluster, as_
 from distributed.diagnostics.plugin import WorkerPlugin
 from tqdm import tqdm
 
+from vidfeat.extract.options import ExtractOptions
 from vidfeat.extract.runner import (
-    ExtractOptions, Extractor, ExtractSummary, VideoJob, new_summary, prepare_extraction, videos_to_extract,
+    Extractor, ExtractSummary, VideoJob, new_summary, prepare_extraction, videos_to_extract,
 )
 from vidfeat.features.store import CommittedKeys, StoreWriter
 from vidfeat.pipelines.scaleout import (

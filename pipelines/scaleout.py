@@ -16,8 +16,9 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vidfeat.extract.options import ExtractOptions
 from vidfeat.extract.runner import (
-    ExtractionSetup, ExtractOptions, ExtractSummary, VideoJob, extract_prepared, new_summary, prepare_extraction,
+    ExtractionSetup, ExtractSummary, VideoJob, extract_prepared, new_summary, prepare_extraction,
 )
 from vidfeat.features.errors import UserError
 from vidfeat.features.store import (

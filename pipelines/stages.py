@@ -10,15 +10,13 @@ from typing import Sequence
 
 import numpy as np
 
-from vidfeat.extract.backbones import Backbone, create_backbone, detector_categories, list_backbones, weights_records
-from vidfeat.extract.runner import (
-    ExtractOptions, ExtractSummary, VideoJob, describe_preprocessing, extract_videos, input_geometry,
-)
-from vidfeat.extract.video import Sampling
+from vidfeat.extract.backbones import list_backbones, weights_records
+from vidfeat.extract.options import ExtractOptions
+from vidfeat.extract.provenance import backbone_for, reproducing_options
+from vidfeat.extract.runner import ExtractSummary, VideoJob, extract_videos
 from vidfeat.features import interop
 from vidfeat.features.errors import UserError
 from vidfeat.features.interop import ImportSummary
-from vidfeat.features.provenance import ProvenanceMismatch, differences
 from vidfeat.features.store import FeatureStore, open_store
 from vidfeat.pipelines import relational, sample
 from vidfeat.pipelines.scaleout import ScaledSummary, ScaleOut, extract_scaled
@@ -220,79 +218,6 @@ def format_row_cost(nbytes: dict[str, int], unit: str) -> str:
     total = sum(nbytes.values())
     parts = ", ".join(f"{name} {size / 1024:.1f}" for name, size in sorted(nbytes.items(), key=lambda kv: -kv[1]))
     return f"disk per {unit}: {total / 1024:.1f} KB ({parts} KB)"
-
-
-def backbone_for(provenance: dict, options: ExtractOptions, weights: str | None = None) -> Backbone:
-    """Rebuild the backbone a store was made with, and prove it is the same one: its weights, and the
-    preprocessing the runner records for it under ``options`` (:func:`reproducing_options`), compare equal by
-    the one provenance rule."""
-    recorded = provenance["weights"]
-    if recorded == "none":
-        weights = "none"  # seeded random init: reproducible
-    elif recorded.startswith("sha256:") and weights is None:
-        raise UserError(f"these features were extracted with a weights file ({recorded}); pass it with --weights FILE")
-    backbone = create_backbone(provenance["backbone"], weights)
-    rebuilt = {"weights": backbone.weights_id,
-               "preprocessing": describe_preprocessing(backbone, input_geometry(backbone, options))}
-    mismatches = differences(provenance, rebuilt, rebuilt, ("recorded", "vs available"))
-    if mismatches:
-        raise ProvenanceMismatch("cannot reproduce the features this run was trained on:\n" + "\n".join(mismatches))
-    return backbone
-
-
-def _region_options(provenance: dict, detector_weights: str | None) -> dict:
-    """Extraction options that reproduce a store's regions for new videos. Box files only cover the videos
-    they were written for, so only grid and detector sources can be reproduced."""
-    rois = provenance.get("rois")
-    if rois is None:
-        return {}
-    source = rois["source"]
-    if source.startswith("file:"):
-        raise UserError(
-            f"this run's regions came from a box file ({source}), which has no boxes for new videos; "
-            "train on a store extracted with --rois grid:RxC or detector:NAME to predict on new videos"
-        )
-    options = {"rois": source, "max_rois": None if source.startswith("grid:") else rois["max_rois"],
-               "roi_size": provenance["preprocessing"]["resize"]}
-    if source.startswith("detector:"):
-        categories = detector_categories(source.removeprefix("detector:"))
-        options.update(roi_score_threshold=rois["score_threshold"],
-                       roi_classes=tuple(categories[i] for i in rois.get("classes") or ()),
-                       detector_weights=_detector_weights(rois["weights"], detector_weights))
-    return options
-
-
-def _spatial_options(provenance: dict) -> dict:
-    """Extraction options that reproduce a store's spatial grid (size and layer) for new videos."""
-    spatial = provenance.get("spatial")
-    if spatial is None:
-        return {}
-    return {"spatial": int(spatial["grid"]), "spatial_layer": spatial["layer"]}
-
-
-def _detector_weights(recorded: str, given: str | None) -> str | None:
-    """The detector weights to find new videos' boxes with: the user's file, or what the store recorded."""
-    if given is not None:
-        return given  # predict checks the boxes' provenance against the run's after extracting
-    if recorded.startswith("sha256:"):
-        raise UserError(
-            f"this run's regions were found with a detector weights file ({recorded}); pass that file with "
-            "--detector-weights FILE so that new videos get boxes from the same detector"
-        )
-    return "none" if recorded == "none" else None  # None: the default weights, as recorded
-
-
-def reproducing_options(
-    provenance: dict, device: str = "auto", detector_weights: str | None = None
-) -> ExtractOptions:
-    """Extraction options that give new videos the rows a store's videos have: its sampling, dtype, clip
-    windows, regions and grid (the backbone and preprocessing are checked by `backbone_for`)."""
-    window = provenance.get("window") or {}
-    return ExtractOptions(
-        sampling=Sampling.from_description(provenance["sampling"]), device=device, dtype=provenance["dtype"],
-        clip_len=window.get("clip_len"), clip_stride=window.get("stride"), progress=False,
-        **_region_options(provenance, detector_weights), **_spatial_options(provenance),
-    )
 
 
 @dataclass

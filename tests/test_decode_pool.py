@@ -17,7 +17,8 @@ from vidfeat.extract import decode_pool
 from vidfeat.extract.decode_pool import (
     DecodePool, DecodePoolError, DecodeSpec, RowChunk, VideoEnd, VideoFailed, death_reason,
 )
-from vidfeat.extract.runner import ExtractOptions, VideoJob, extract_videos
+from vidfeat.extract.options import ExtractOptions
+from vidfeat.extract.runner import VideoJob, extract_videos
 from vidfeat.extract.video import Geometry, Sampling, VideoReader
 from vidfeat.extract.windows import Windowing, frame_rows, window_rows
 from vidfeat.features import open_store

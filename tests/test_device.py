@@ -7,7 +7,8 @@ from videogen import make_video
 from vidfeat.extract.backbones import create_backbone
 from vidfeat.extract.decode_pool import RowChunk
 from vidfeat.extract.device import DeviceStage, Model, ModelSettings, cpu_has_native_bf16
-from vidfeat.extract.runner import ExtractOptions, VideoJob, extract_videos
+from vidfeat.extract.options import ExtractOptions
+from vidfeat.extract.runner import VideoJob, extract_videos
 from vidfeat.extract.video import Sampling, VideoReader
 from vidfeat.features import open_store
 

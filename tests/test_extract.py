@@ -256,7 +256,8 @@ def test_a_batch_returning_after_its_video_failed_is_dropped(tmp_path):
     and the other video in that batch is stored whole."""
     from vidfeat.extract.decode_pool import VideoEnd, VideoFailed
     from vidfeat.extract.device import BatchOutput
-    from vidfeat.extract.runner import ExtractOptions, ExtractSummary, VideoJob, _Assembler
+    from vidfeat.extract.options import ExtractOptions
+    from vidfeat.extract.runner import Assembler, ExtractSummary, VideoJob
     from vidfeat.features.store import StoreWriter
 
     videos = [tmp_path / "a.avi", tmp_path / "b.avi"]
@@ -267,7 +268,7 @@ def test_a_batch_returning_after_its_video_failed_is_dropped(tmp_path):
     provenance = {"backbone": "t", "weights": "none", "feature_dim": 2, "preprocessing": {}, "sampling": {},
                   "classes": ["x"]}
     with StoreWriter(out, provenance) as writer:
-        assembler = _Assembler([VideoJob(v.stem, v, "x") for v in videos], writer, summary,
+        assembler = Assembler([VideoJob(v.stem, v, "x") for v in videos], writer, summary,
                                ExtractOptions(progress=False), windows=False)
         in_flight = [_chunk(0, 2), _chunk(1, 3)]
         for chunk in in_flight:

@@ -4,7 +4,8 @@ import pytest
 from click.testing import CliRunner
 
 from vidfeat.extract.backbones import create_backbone
-from vidfeat.extract.runner import ExtractOptions, build_provenance, input_geometry
+from vidfeat.extract.options import ExtractOptions, input_geometry
+from vidfeat.extract.provenance import build_provenance
 from vidfeat.extract.video import Sampling
 from vidfeat.features import ProvenanceMismatch, StoreError, UserError, check_compatible, provenance_hash
 from vidfeat.features.provenance import IDENTITY_FIELDS, REPRESENTATION_FIELDS, differences
@@ -12,7 +13,7 @@ from vidfeat.pipelines import stages
 from vidfeat.pipelines.cli import main
 from vidfeat.pipelines.datasets import DatasetError
 from vidfeat.pipelines.scaleout import ClusterError, MissingDependency
-from vidfeat.pipelines.stages import backbone_for, reproducing_options
+from vidfeat.extract.provenance import backbone_for, reproducing_options
 from vidfeat.temporal.runs import RunError, check_provenance
 from vidfeat.temporal.synthetic import synthetic_provenance, write_random_store
 

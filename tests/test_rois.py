@@ -191,7 +191,7 @@ def _detector_provenance(weights: str) -> dict:
 
 
 def test_predict_reproduces_a_detector_store_s_classes_threshold_and_weights():
-    from vidfeat.pipelines.stages import reproducing_options
+    from vidfeat.extract.provenance import reproducing_options
 
     with pytest.raises(ValueError, match=r"detector weights file \(sha256:ab\); pass that file with --detector-weights"):
         reproducing_options(_detector_provenance("sha256:ab"))

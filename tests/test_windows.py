@@ -47,7 +47,7 @@ def test_clip_backbone_extraction_stores_windows(tmp_path):
     from vidfeat.extract.video import Sampling
     from vidfeat.features import open_store
     from vidfeat.pipelines.cli import main
-    from vidfeat.pipelines.stages import reproducing_options
+    from vidfeat.extract.provenance import reproducing_options
 
     make_video(tmp_path / "v.mp4", size=(80, 60), fps=15, seconds=2)
     make_video(tmp_path / "short.mp4", size=(80, 60), fps=15, seconds=0.4)
