@@ -12,6 +12,7 @@ the store as soon as its last frame has been through the model; failures are rec
 from __future__ import annotations
 
 import os
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -35,7 +36,7 @@ from vidfeat.extract.spatial import SpatialGrid
 from vidfeat.extract.video import Geometry
 from vidfeat.extract.windows import Windowing
 from vidfeat.features.errors import UserError
-from vidfeat.features.store import StoredVideos, StoreWriter, VideoRecord
+from vidfeat.features.store import StoredVideos, StoreError, StoreWriter, VideoRecord, open_store
 
 @dataclass(frozen=True)
 class VideoJob:
@@ -214,6 +215,7 @@ def extract_prepared(
     setup: ExtractionSetup, jobs: list[VideoJob], out: str | os.PathLike, summary: ExtractSummary | None = None
 ) -> ExtractSummary:
     """``extract_videos`` with the backbone already prepared; ``summary`` may carry counts made by the caller."""
+    setup = resolve_dtype(setup, jobs, out)
     options = setup.options
     summary = summary or new_summary(out, len(jobs), setup)
     with StoreWriter(out, setup.provenance, options.commit_every) as writer:
@@ -223,6 +225,44 @@ def extract_prepared(
                 extractor.run(todo, writer, summary)
     summary.commits = writer.commits  # closing committed the last finished videos
     return summary
+
+
+AUTO_DTYPE_HEADROOM = 16.0
+"""``--dtype auto`` stores float32 when a value of the probed video is above float16's largest / this."""
+
+
+def resolve_dtype(setup: ExtractionSetup, jobs: list[VideoJob], out: str | os.PathLike) -> ExtractionSetup:
+    """``--dtype auto``: the dtype of the store already at ``out``; for a new store, float16 unless the first
+    video's features (and regions or grid) come within 1/16 of float16's range, as a checkpoint with unnormalised
+    outputs does, then float32. That video is extracted into a temporary float32 store to measure it, so it is
+    decoded and run twice; when it fails, float16 (the videos that overflow it fail with the reason)."""
+    if setup.options.dtype != "auto":
+        return setup
+    dtype = _stored_dtype(out) or _probed_dtype(setup, jobs[:1])
+    return replace(setup, options=replace(setup.options, dtype=dtype), provenance={**setup.provenance, "dtype": dtype})
+
+
+def _stored_dtype(out: str | os.PathLike) -> str | None:
+    try:
+        with open_store(out) as store:
+            return str(store.attrs["dtype"])
+    except StoreError:
+        return None  # no store yet (a damaged one is reported by the writer)
+
+
+def _probed_dtype(setup: ExtractionSetup, first: list[VideoJob]) -> str:
+    probe = replace(setup, options=replace(setup.options, dtype="float32", progress=False, commit_every=0.0),
+                    provenance={**setup.provenance, "dtype": "float32"})
+    with tempfile.TemporaryDirectory(prefix="vidfeat-dtype-") as tmp:
+        extract_prepared(probe, first, Path(tmp) / "probe.h5")
+        with open_store(Path(tmp) / "probe.h5") as store:
+            if not store.keys():
+                return "float16"
+            key = store.keys()[0]
+            regions, grid = store.rois(key), store.spatial(key)
+            values = [store.features(key), *([regions[0]] if regions else []), *([grid] if grid is not None else [])]
+    largest = max(float(np.abs(v).max()) for v in values if v.size)
+    return "float32" if largest > FLOAT16_MAX / AUTO_DTYPE_HEADROOM else "float16"
 
 
 class Batcher:

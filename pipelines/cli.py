@@ -89,8 +89,8 @@ def main(debug: bool) -> None:
               help="torch.compile the backbone (tens of seconds of compiling first; pays off on long runs).")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
               help="Autocast on CUDA (auto = fp16). CPU runs fp32, or bf16 on request where the CPU has it natively.")
-@click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,
-              help="Stored feature dtype.")
+@click.option("--dtype", type=click.Choice(["float16", "float32", "auto"]), default="float16", show_default=True,
+              help="Stored feature dtype; auto: float32 when the first video's features come near float16's range.")
 @click.option("--allow-failures", is_flag=True, help="Exit 0 even when some videos failed.")
 @click.option("--skip-failed", is_flag=True, help="Do not retry videos that failed in an earlier run.")
 @click.option("--strict", is_flag=True, help="Treat partially decodable (truncated) videos as failures.")

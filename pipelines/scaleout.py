@@ -177,6 +177,9 @@ def extract_scaled(
     classes: list[str], n_folds: int, scale: ScaleOut,
 ) -> ScaledSummary:
     """The scaled-out extraction into the shard directory ``out``; merged into ``scale.merge`` when complete."""
+    if options.dtype == "auto":
+        raise UserError("--dtype auto measures the first video in one process, so shards could choose differently; "
+                        "with --cluster, --scheduler or --shard pass --dtype float16 or float32")
     if scale.shard is not None:
         setup = prepare_extraction({job.key for job in jobs}, backbone, options, dataset, classes, n_folds, weights)
         return ScaledSummary(extract_shard(setup, jobs, out, Shard.parse(scale.shard)))

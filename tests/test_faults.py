@@ -105,6 +105,27 @@ def test_infinite_features_and_float16_overflow_are_never_stored(tmp_path):
     assert wide.exit_code == 0, wide.output
     with open_store(tmp_path / "wide.h5") as store:
         assert np.isfinite(store.features("v")).all() and store.features("v").max() > np.finfo(np.float16).max
+        wide_features = store.features("v")
+    auto = extract(video, tmp_path / "auto.h5", "--backbone", "resnet18", "--weights", huge_weights, "--dtype", "auto")
+    assert auto.exit_code == 0, auto.output
+    with open_store(tmp_path / "auto.h5") as store:  # auto measured the first video and chose float32
+        assert store.attrs["dtype"] == "float32"
+        np.testing.assert_array_equal(store.features("v"), wide_features)
+
+
+def test_dtype_auto_keeps_float16_for_normal_features_and_follows_an_existing_store(tmp_path):
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    VIDEO(folder / "v.avi")
+    assert extract(folder, tmp_path / "s.h5", "--dtype", "float32").exit_code == 0
+    VIDEO(folder / "w.avi")
+    resumed = extract(folder, tmp_path / "s.h5", "--dtype", "auto")  # the store's own dtype, no probe
+    assert resumed.exit_code == 0, resumed.output
+    fresh = extract(folder / "w.avi", tmp_path / "f.h5", "--dtype", "auto")
+    assert fresh.exit_code == 0, fresh.output
+    with open_store(tmp_path / "s.h5") as stored, open_store(tmp_path / "f.h5") as new:
+        assert stored.attrs["dtype"] == "float32" and sorted(stored.keys()) == ["v", "w"]
+        assert new.attrs["dtype"] == "float16" and new.keys() == ["w"]
 
 
 def test_features_verify_exit_status(tmp_path):

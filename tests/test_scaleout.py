@@ -254,3 +254,9 @@ def test_a_shard_directory_needs_its_parent(hmdb, tmp_path):
     result = run_cli(*extract_args(hmdb, tmp_path / "no such folder" / "shards", "--shard", "1/2"))
     assert result.exit_code == 1 and "no such folder does not exist; create it" in result.output
     assert not (tmp_path / "no such folder").exists()
+
+
+def test_dtype_auto_is_refused_where_shards_could_choose_differently(hmdb, tmp_path):
+    result = run_cli(*extract_args(hmdb, tmp_path / "shards", "--shard", "1/2", "--dtype", "auto"))
+    assert result.exit_code == 1 and "--dtype auto measures the first video in one process" in result.output
+    assert not (tmp_path / "shards").exists()
