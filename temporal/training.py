@@ -13,6 +13,7 @@ import copy
 import os
 import time
 from dataclasses import asdict, dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
@@ -117,6 +118,82 @@ def _use_amp(device: torch.device, enabled: bool) -> bool:
     return enabled and device.type == "cuda"
 
 
+@dataclass
+class _Optimisation:
+    """What one optimisation step uses: the optimiser with its schedule, loss scaling, the loss and mixup's draws."""
+
+    optimizer: torch.optim.Optimizer
+    schedule: Callable[[int], float]  # learning-rate factor at each step
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    criterion: nn.Module
+    use_amp: bool
+    mix_rng: np.random.Generator
+
+    @classmethod
+    def build(cls, model: nn.Module, config: TrainConfig, device: torch.device, steps_per_epoch: int):
+        total = config.epochs * steps_per_epoch
+        # The fused kernel updates each tensor in one pass: ~5x less optimiser time than the per-op loop on CPU,
+        # where these heads spend a fifth of a step in AdamW; it differs from the loop only in float rounding.
+        optimizer = torch.optim.AdamW(param_groups(model, config), fused=device.type in ("cpu", "cuda"))
+        warmup = min(int(round(config.warmup_epochs * steps_per_epoch)), total // 2)
+        schedule = _schedule(total, max(1, warmup))
+        use_amp = _use_amp(device, config.amp)
+        return cls(optimizer, schedule, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule), torch.amp.GradScaler("cuda", enabled=use_amp),
+                   nn.CrossEntropyLoss(label_smoothing=config.label_smoothing), use_amp,
+                   np.random.default_rng(config.seed))
+
+    def step(self, model: nn.Module, batch: Batch, config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
+        """One update on ``batch`` (mixed with a permutation of itself under mixup); returns (loss, logits)."""
+        x, mask, y = batch.x, batch.mask, batch.y
+        lam, partner = 1.0, None
+        if config.mixup > 0:
+            lam = float(self.mix_rng.beta(config.mixup, config.mixup))
+            partner = torch.from_numpy(self.mix_rng.permutation(len(y))).to(x.device)
+            x = lam * x + (1 - lam) * x[partner]
+            mask = mask | mask[partner]
+        with torch.autocast(x.device.type, dtype=torch.float16, enabled=self.use_amp):
+            logits = model(x, mask, **batch.extras)
+            loss = self.criterion(logits.float(), y)
+            if partner is not None:
+                loss = lam * loss + (1 - lam) * self.criterion(logits.float(), y[partner])
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if config.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return loss.detach(), logits.detach()
+
+
+class _BestWeights:
+    """The weights of the best validation epoch (highest accuracy, then lowest loss), and how long ago it was."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.score, self.epoch, self.since = (-1.0, float("inf")), 0, 0
+        self.state = copy.deepcopy(model.state_dict())
+
+    def update(self, model: nn.Module, epoch: int, score: tuple[float, float] | None) -> None:
+        """``score`` = (val_acc, val_loss) of ``epoch``; None without validation, where the last epoch is the best."""
+        if score is None:
+            self.epoch, self.state = epoch, model.state_dict()
+        elif score[0] > self.score[0] or (score[0] == self.score[0] and score[1] < self.score[1]):
+            self.score, self.since, self.epoch = score, 0, epoch
+            self.state = copy.deepcopy(model.state_dict())
+        else:
+            self.since += 1
+
+
+def _validation_scores(model: nn.Module, val_set: SequenceDataset, config: TrainConfig, device) -> tuple[float, float]:
+    """(accuracy, mean log loss) on the validation set."""
+    proba = predict_proba(model, val_set, device=device, batch_size=config.batch_size * 4)
+    labels = np.asarray(val_set.labels)
+    loss = -np.log(np.clip(proba[np.arange(len(labels)), labels], 1e-12, None)).mean()
+    return float((proba.argmax(1) == labels).mean()), float(loss)
+
+
 def train(
     model: nn.Module,
     train_set: SequenceDataset,
@@ -133,91 +210,42 @@ def train(
     """
     device = torch.device(device) if device is not None else default_device()
     torch.manual_seed(config.seed)
-    mix_rng = np.random.default_rng(config.seed)
     model.to(device)
     loader = _loader(train_set, config.batch_size, True, config.num_workers, config.seed, device.type == "cuda")
-    steps_per_epoch = len(loader)
-    total = config.epochs * steps_per_epoch
-    # The fused kernel updates each tensor in one pass: ~5x less optimiser time than the per-op loop on CPU, where
-    # these heads spend a fifth of a step in AdamW; it differs from the loop only in float rounding.
-    optimizer = torch.optim.AdamW(param_groups(model, config), fused=device.type in ("cpu", "cuda"))
-    warmup = min(int(round(config.warmup_epochs * steps_per_epoch)), total // 2)
-    schedule = _schedule(total, max(1, warmup))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    use_amp = _use_amp(device, config.amp)
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-
-    result = TrainResult()
-    best = (-1.0, float("inf"))
-    best_state = copy.deepcopy(model.state_dict())
-    since_best = 0
+    optimisation = _Optimisation.build(model, config, device, len(loader))
+    result, best = TrainResult(), _BestWeights(model)
     start = time.perf_counter()
-    bar = tqdm(total=total, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=config.epochs * len(loader), desc="train", unit="step", disable=not progress, dynamic_ncols=True)
     for epoch in range(1, config.epochs + 1):
         model.train()
         train_set.set_epoch(epoch)
         seen, loss_sum, correct = 0, 0.0, 0
         for batch in loader:
             batch = batch.to(device, non_blocking=True)
-            x, mask, y = batch.x, batch.mask, batch.y
-            lam, partner = 1.0, None
-            if config.mixup > 0:
-                lam = float(mix_rng.beta(config.mixup, config.mixup))
-                partner = torch.from_numpy(mix_rng.permutation(len(y))).to(device)
-                x = lam * x + (1 - lam) * x[partner]
-                mask = mask | mask[partner]
-            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                logits = model(x, mask, **batch.extras)
-                loss = criterion(logits.float(), y)
-                if partner is not None:
-                    loss = lam * loss + (1 - lam) * criterion(logits.float(), y[partner])
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if config.grad_clip > 0:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            seen += len(y)
-            loss_sum += float(loss.detach()) * len(y)
-            correct += int((logits.argmax(1) == y).sum())
+            loss, logits = optimisation.step(model, batch, config)
+            seen += len(batch.y)
+            loss_sum += float(loss) * len(batch.y)
+            correct += int((logits.argmax(1) == batch.y).sum())
             bar.update(1)
             bar.set_postfix(epoch=epoch, loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", refresh=False)
-        row = {
-            "epoch": epoch,
-            "lr": config.lr * schedule(scheduler.last_epoch),  # base (non-fc) learning rate reached
-            "train_loss": loss_sum / seen,
-            "train_acc": correct / seen,
-            "val_loss": float("nan"),
-            "val_acc": float("nan"),
-            "time_s": time.perf_counter() - start,
-        }
+        reached = optimisation.schedule(optimisation.scheduler.last_epoch)  # the base (non-fc) learning rate's factor
+        row = {"epoch": epoch, "lr": config.lr * reached,
+               "train_loss": loss_sum / seen, "train_acc": correct / seen, "val_loss": float("nan"),
+               "val_acc": float("nan"), "time_s": time.perf_counter() - start}
         if val_set is not None and len(val_set):
-            proba = predict_proba(model, val_set, device=device, batch_size=config.batch_size * 4)
-            labels = np.asarray(val_set.labels)
-            row["val_loss"] = float(-np.log(np.clip(proba[np.arange(len(labels)), labels], 1e-12, None)).mean())
-            row["val_acc"] = float((proba.argmax(1) == labels).mean())
-            bar.set_postfix(
-                epoch=epoch, loss=f"{row['train_loss']:.3f}", acc=f"{row['train_acc']:.3f}", val=f"{row['val_acc']:.3f}"
-            )
-            score = (row["val_acc"], row["val_loss"])
-            if score[0] > best[0] or (score[0] == best[0] and score[1] < best[1]):
-                best, since_best, result.best_epoch = score, 0, epoch
-                best_state = copy.deepcopy(model.state_dict())
-            else:
-                since_best += 1
+            row["val_acc"], row["val_loss"] = _validation_scores(model, val_set, config, device)
+            bar.set_postfix(epoch=epoch, loss=f"{row['train_loss']:.3f}", acc=f"{row['train_acc']:.3f}",
+                            val=f"{row['val_acc']:.3f}")
+            best.update(model, epoch, (row["val_acc"], row["val_loss"]))
         else:
-            result.best_epoch = epoch
-            best_state = model.state_dict()
+            best.update(model, epoch, None)
         result.history.append(row)
-        if config.patience and since_best >= config.patience:
+        if config.patience and best.since >= config.patience:
             result.stopped_early = True
             break
     bar.close()
-    model.load_state_dict(best_state)
-    result.train_time_s = time.perf_counter() - start
+    model.load_state_dict(best.state)
+    result.best_epoch, result.train_time_s = best.epoch, time.perf_counter() - start
     return result
 
 
