@@ -596,6 +596,31 @@ def _out_of_space(exc: BaseException, folder: Path, needed: int) -> bool:
     return stat.f_bavail * stat.f_frsize < needed
 
 
+def _check_record(record: VideoRecord, rows: int, dim: int, classes: list[str], n_folds: int) -> None:
+    """A record's features, label and splits must fit the store it is written into."""
+    if record.features.shape != (rows, dim):
+        raise StoreError(f"{record.key!r}: features of shape {record.features.shape}, expected ({rows}, {dim})")
+    if record.label is not None and record.label not in classes:
+        raise StoreError(f"{record.key!r}: label {record.label!r} is not in the store's class list {classes}")
+    if len(record.splits) != n_folds:
+        raise StoreError(f"{record.key!r}: {len(record.splits)} split entries for a store with {n_folds} folds")
+
+
+def _write_index(
+    videos: h5py.Group, keys: list[str], starts: np.ndarray, lengths: np.ndarray, columns: dict[str, list],
+    n_folds: int,
+) -> None:
+    """The ``/videos`` table: each video's key, row range and per-video columns."""
+    videos.create_dataset("key", data=keys, dtype=_STR)
+    videos.create_dataset("start", data=starts)
+    videos.create_dataset("length", data=lengths)
+    for name, dtype in _VIDEO_COLUMNS.items():
+        data = np.array(columns[name], dtype=dtype if dtype is not _STR else object)
+        if name == "split":
+            data = data.reshape(len(keys), n_folds)
+        videos.create_dataset(name, data=data, dtype=dtype)
+
+
 def _write_rows(
     tmp: Path,
     provenance: dict,
@@ -630,12 +655,7 @@ def _write_rows(
         }
         for key, start, n in zip(keys, starts, lengths):
             r = load(key)
-            if r.features.shape != (n, dim):
-                raise StoreError(f"{key!r}: features of shape {r.features.shape}, expected ({n}, {dim})")
-            if r.label is not None and r.label not in class_index:
-                raise StoreError(f"{key!r}: label {r.label!r} is not in the store's class list {classes}")
-            if len(r.splits) != n_folds:
-                raise StoreError(f"{key!r}: {len(r.splits)} split entries for a store with {n_folds} folds")
+            _check_record(r, int(n), dim, classes, n_folds)
             rows = slice(int(start), int(start + n))
             feats[rows] = r.features.astype(dtype, copy=False)
             stamps[rows] = r.timestamps
@@ -654,15 +674,7 @@ def _write_rows(
             columns["split"].append([SPLIT_CODES[s] for s in r.splits])
             for name in list(_VIDEO_COLUMNS)[2:]:
                 columns[name].append(getattr(r, name))
-        v = f.create_group("videos")
-        v.create_dataset("key", data=keys, dtype=_STR)
-        v.create_dataset("start", data=starts)
-        v.create_dataset("length", data=lengths)
-        for name, dtype_ in _VIDEO_COLUMNS.items():
-            data = np.array(columns[name], dtype=dtype_ if dtype_ is not _STR else object)
-            if name == "split":
-                data = data.reshape(len(keys), n_folds)
-            v.create_dataset(name, data=data, dtype=dtype_)
+        _write_index(f.create_group("videos"), keys, starts, lengths, columns, n_folds)
         failures = sorted(failures)
         g = f.create_group("failures")
         for column, name in enumerate(("key", "source", "error")):
