@@ -427,7 +427,8 @@ def model_settings(
     backbone: Backbone, plan: RowPlan, device: torch.device, batch_size: int, options: ExtractOptions
 ) -> ModelSettings:
     """Frozen graphs (the architecture's fastest kind) are the CPU default for frame backbones on their fixed
-    crop; regions, spatial grids and clips run eagerly, as does ``--eager``; ``--compile`` compiles any of them."""
+    crop, with their spatial grid when one is stored; regions and clips run eagerly, as does ``--eager``;
+    ``--compile`` compiles any of them."""
     if options.eager and options.compile:
         raise UserError("--eager and --compile exclude each other; choose one")
     if options.compile and plan.boxes is not None:
@@ -437,11 +438,10 @@ def model_settings(
     crop = plan.geometry.crop
     if options.compile:
         return ModelSettings(options.precision, "compiled", (batch_size,))
-    if (options.eager or device.type != "cpu" or backbone.kind != "frame" or plan.boxes is not None
-            or plan.grid is not None or not crop
+    if (options.eager or device.type != "cpu" or backbone.kind != "frame" or plan.boxes is not None or not crop
             or options.precision == "bf16"):  # frozen graphs are traced in fp32
         return ModelSettings(options.precision)
-    return ModelSettings(options.precision, backbone.cpu_graph, (batch_size, crop, crop, 3))
+    return ModelSettings(options.precision, backbone.cpu_graph, (batch_size, crop, crop, 3), plan.grid)
 
 
 class _Extraction:

@@ -57,6 +57,20 @@ def centred_cells(spatial: Tensor, mask: Tensor) -> Tensor:
     return spatial - mean
 
 
+def grid_encoding(grid: int, width: int) -> Tensor:
+    """``[S*S, width]`` positions of row-major cells: a sinusoidal table of the cell's row in the first half of the
+    channels, one of its column in the second (each reversed, so that they differ from the time table).
+
+    A single table over the cell index (row * S + column) gives cells of one column unrelated codes, and the
+    crossing tasks are decided by the column an object is in at each step: with it ``timesformer`` reached 0.775
+    to 0.85 on ``crossing_direction`` (80 training videos per class, seeds 0-4), with row and column apart
+    0.9375 to 1.0 (README, Spatial heads)."""
+    half = width // 2
+    rows = sinusoidal_encoding(grid, half).flip(-1).repeat_interleave(grid, dim=0)
+    columns = sinusoidal_encoding(grid, width - half).flip(-1).repeat(grid, 1)
+    return torch.cat([rows, columns], dim=-1)
+
+
 def _grid_options(head: str, spatial_dim: int | None, grid: int | None) -> None:
     if spatial_dim is None or grid is None:
         raise UserError(f"{head} needs spatial_dim and grid (the store's grid depth and size S); training on a "
@@ -138,9 +152,10 @@ class TimeSformerHead(nn.Module):
         self.attention, self.space_positions, self.centre = attention, space_positions, centre
         self.proj = nn.Linear(spatial_dim, width)
         # Learned, started from sinusoidal tables: near-zero random positions are drowned by the projected
-        # features and need far more than ~100 videos to become informative (as for the transformer head).
+        # features and need far more than ~100 videos to become informative (as for the transformer head). Space
+        # starts from a row table beside a column table, so a cell's row and column can be read off linearly.
         self.time_pos = nn.Parameter(sinusoidal_encoding(max_len, width).unsqueeze(1))  # [T, 1, W]
-        self.space_pos = nn.Parameter(sinusoidal_encoding(self.cells, width).flip(-1))  # [N, W], unlike time's
+        self.space_pos = nn.Parameter(grid_encoding(grid, width))  # [N, W]
         self.blocks = nn.ModuleList(SpaceTimeBlock(width, heads, ff_mult, dropout, attention) for _ in range(depth))
         self.cls = nn.Parameter(torch.zeros(1, 1, width))
         nn.init.trunc_normal_(self.cls, std=0.02)
