@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vidfeat.features.errors import UserError
 from vidfeat.pipelines.datasets import DatasetError
 from vidfeat.pipelines.sample import encode_frames, ensure_generated
 
@@ -126,7 +127,7 @@ def task_videos(task: str, index: int, seed: int = 0) -> tuple[np.ndarray, np.nd
         return forward, forward[::-1]
     if task == "direction":
         return direction_frames(index, False, seed), direction_frames(index, True, seed)
-    raise ValueError(f"unknown crossing task {task!r}; tasks: {', '.join(TASKS)}")
+    raise UserError(f"unknown crossing task {task!r}; tasks: {', '.join(TASKS)}")
 
 
 def _plan(task: str, splits: list[str]) -> list[tuple[int, str, str, str]]:
