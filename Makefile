@@ -23,7 +23,7 @@ RUN := $(RUNS_DIR)/$(basename $(notdir $(STORE)))_$(HEAD)$(if $(filter-out 1,$(F
 RUN_RESULT := $(RUN)/$(if $(filter all,$(FOLD)),summary.json,metrics.json)
 DEMO_HEADS := mean logreg lstm tcn transformer
 
-.PHONY: setup test extract train demo demo-relational bench cuda-check bench-train fuzz
+.PHONY: setup test extract train demo demo-relational demo-spatial bench cuda-check bench-train fuzz
 
 setup: $(STAMP)
 
@@ -75,12 +75,36 @@ demo-relational: $(REL_STORES)
 			--out $$runs/gcn_boxes --no-progress > /dev/null; \
 	done; echo "$$b:"; $(VIDFEAT) compare $(REL_RUNS)/$$b/seed*/*; done
 
+# The crossing tasks (real-image objects crossing real scenes; the class is where they are at each step): a
+# 4x4 spatial grid per frame, frame heads beside the spatial heads, for each task in SPATIAL_TASKS (also
+# crossing_direction) and each seed in SPATIAL_SEEDS.
+SPATIAL_TASKS ?= crossing_swap
+SPATIAL_SEEDS ?= 0
+SPATIAL_HEADS := mean lstm transformer timesformer eco
+SPATIAL_RUNS := $(RUNS_DIR)/spatial
+SPATIAL_STORES := $(foreach t,$(SPATIAL_TASKS),$(FEATURES_DIR)/$(t)_$(BACKBONE)_spatial4.h5)
+
+$(SPATIAL_STORES): $(FEATURES_DIR)/%_$(BACKBONE)_spatial4.h5: | $(STAMP)
+	mkdir -p $(FEATURES_DIR)
+	$(VIDFEAT) extract --dataset $* --data-root data/$* --backbone $(BACKBONE) --spatial 4 --out $@ \
+		|| { touch -c -d @0 $@; exit 1; }
+
+demo-spatial: $(SPATIAL_STORES)
+	rm -rf $(SPATIAL_RUNS)
+	set -e; for t in $(SPATIAL_TASKS); do for seed in $(SPATIAL_SEEDS); do \
+		store=$(FEATURES_DIR)/$${t}_$(BACKBONE)_spatial4.h5; runs=$(SPATIAL_RUNS)/$$t/seed$$seed; \
+		for head in $(SPATIAL_HEADS); do \
+			$(VIDFEAT) train-temporal --head $$head --features $$store --seed $$seed --out $$runs/$$head --no-progress > /dev/null; \
+		done; \
+	done; echo "$$t:"; $(VIDFEAT) compare $(SPATIAL_RUNS)/$$t/seed*/*; done
+
 demo: $(STAMP)
 	$(MAKE) --no-print-directory extract DATASET=sample
 	$(VIDFEAT) features info $(STORE)
 	for head in $(DEMO_HEADS); do $(MAKE) --no-print-directory train DATASET=sample HEAD=$$head || exit 1; done
 	$(PY) -m vidfeat.pipelines.demo $(foreach head,$(DEMO_HEADS),$(RUNS_DIR)/$(basename $(notdir $(STORE)))_$(head))
 	$(MAKE) --no-print-directory demo-relational
+	$(MAKE) --no-print-directory demo-spatial
 
 BENCH_BACKBONES ?= efficientnet_lite0 resnet50
 
