@@ -195,19 +195,29 @@ class RowArrays:
             raise UserError(f"video {self.keys[index]!r} has no {', '.join(self.datasets)} in {self.path}")
         return value
 
-    def length(self, index: int) -> int:
-        return int(self._rows[0].lengths[index]) if self._rows is not None else len(self.get(index)[0])
-
-    def gather(self, videos: Sequence[int], steps: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+    def gather(
+        self, videos: Sequence[int], steps: Sequence[np.ndarray], feature_rows: Sequence[int]
+    ) -> dict[str, np.ndarray]:
         """The arrays at steps ``steps[j]`` of video ``videos[j]``, concatenated over the videos, by item field
-        in that field's dtype."""
+        in that field's dtype. Each video must have ``feature_rows[j]`` rows, as its features do (checked on the
+        arrays read here, so a streamed video is read once)."""
         if self._rows is not None:
+            self._check_rows(videos, self._rows[0].lengths[list(videos)], feature_rows)
             parts = [r.gather(videos, steps) for r in self._rows]
         else:
             per_video = [self.get(v) for v in videos]
+            self._check_rows(videos, [len(arrays[0]) for arrays in per_video], feature_rows)
             parts = [np.concatenate([arrays[n][s] for arrays, s in zip(per_video, steps)])
                      for n in range(len(self.datasets))]
         return {name: part.astype(dtype) for (name, dtype), part in zip(self.fields, parts)}
+
+    def _check_rows(self, videos: Sequence[int], found: Sequence[int], feature_rows: Sequence[int]) -> None:
+        for video, rows, expected in zip(videos, found, feature_rows):
+            if int(rows) != int(expected):
+                raise UserError(
+                    f"video {self.keys[video]!r}: {int(rows)} {self.datasets[0]} rows for {int(expected)} feature "
+                    "rows; the store is inconsistent, extract it again"
+                )
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
@@ -315,23 +325,14 @@ class SequenceDataset(Dataset):
         sizes = [len(s) for s in steps]
         x = torch.from_numpy(self.source.gather(indices, steps)).split(sizes)
         items = [{"x": rows, "y": self.labels[i]} for rows, i in zip(x, indices)]
+        feature_rows = [int(self.source.lengths[i]) for i in indices]
         for extra in (self.regions, self.spatial):
             if extra is None:
                 continue
-            self._check_rows(extra, indices)
-            for name, values in extra.gather(indices, steps).items():
+            for name, values in extra.gather(indices, steps, feature_rows).items():
                 for item, part in zip(items, torch.from_numpy(values).split(sizes)):
                     item[name] = part
         return items
-
-    def _check_rows(self, extra: RowArrays, indices: Sequence[int]) -> None:
-        for index in indices:
-            found, rows = extra.length(index), int(self.source.lengths[index])
-            if found != rows:
-                raise UserError(
-                    f"video {self.source.keys[index]!r}: {found} {extra.datasets[0]} rows for {rows} feature rows; "
-                    "the store is inconsistent, extract it again"
-                )
 
 
 @dataclass
