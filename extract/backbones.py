@@ -100,6 +100,10 @@ class Backbone:
     # ones (efficientnet_lite0 0.54x), so only the ResNets use it.
     cpu_graph: str = "frozen"
 
+    def describe_flow(self) -> dict | None:
+        """The provenance of a flow backbone's method and encoder (None: the rows are not flow)."""
+        return None
+
     def describe(self) -> dict:
         """Provenance record: enough to tell whether two feature sets are comparable."""
         return {
@@ -118,12 +122,21 @@ def list_backbones() -> list[str]:
     return [*_BUILDERS, *list_clip_backbones()]
 
 
-def create_backbone(name: str, weights: str | os.PathLike | None = None) -> Backbone:
+def create_backbone(
+    name: str, weights: str | os.PathLike | None = None, flow_weights: str | os.PathLike | None = None
+) -> Backbone:
     """Build `name` with the default pretrained weights (None), random init ("none") or a state_dict file.
 
-    Clip backbones (i3d, r2plus1d_18, ...) come back as a `ClipBackbone` with kind "clip"."""
+    Clip backbones (i3d, r2plus1d_18, ...) come back as a `ClipBackbone` with kind "clip"; flow backbones
+    ("flow/<method>/<encoder>", `vidfeat.extract.flow`) as a `FlowBackbone`, whose RAFT takes ``flow_weights``."""
+    from vidfeat.extract.flow import create_flow_backbone, is_flow_backbone
     from vidfeat.extract.video_models import create_clip_backbone, list_clip_backbones
 
+    if is_flow_backbone(name):
+        return create_flow_backbone(name, None if weights is None else str(weights),
+                                    None if flow_weights is None else str(flow_weights))
+    if flow_weights is not None:
+        raise UserError(f"--flow-weights applies to flow extraction (--flow raft_small|raft_large); {name} has no flow")
     if name in list_clip_backbones():
         return create_clip_backbone(name, weights)
     try:

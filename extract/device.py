@@ -74,11 +74,11 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if precision == "bf16" else None
 
 
-def default_batch_size(device: torch.device, kind: str = "frame") -> int:
+def default_batch_size(device: torch.device, kind: str = "frame", frames_per_row: int = 1) -> int:
     """Frames: 8 is the measured sweet spot with channels_last on a 2-core CPU; GPUs want far bigger batches.
-    Clip windows are tens of frames each, so a few make a batch."""
+    Clip windows are tens of frames each, so a few make a batch (more of the short windows of flow pairs)."""
     if kind == "clip":
-        return 16 if device.type == "cuda" else 2
+        return max(16, 256 // frames_per_row) if device.type == "cuda" else max(2, 32 // frames_per_row)
     return 128 if device.type == "cuda" else 8
 
 

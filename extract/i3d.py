@@ -149,11 +149,11 @@ class Inception3d(nn.Module):
 class InceptionI3d(nn.Module):
     """The I3D network: `feature_map` is Mixed_5c [B, 1024, T/8, H/32, W/32]; `forward` gives logits of its mean."""
 
-    def __init__(self, num_classes: int = 400, padding: str = "same"):
+    def __init__(self, num_classes: int = 400, padding: str = "same", in_channels: int = 3):
         super().__init__()
         _check_padding(padding)
         self.padding = padding
-        self.conv1 = Unit3d(3, 64, 7, stride=2, padding=padding)
+        self.conv1 = Unit3d(in_channels, 64, 7, stride=2, padding=padding)  # 3: RGB; 2: optical flow (x, y)
         self.maxpool1 = MaxPool3d((1, 3, 3), (1, 2, 2), padding)
         self.conv2 = Unit3d(64, 64, 1, padding=padding)
         self.conv3 = Unit3d(64, 192, 3, padding=padding)
@@ -290,9 +290,10 @@ def i3d_from_state_dict(state: Mapping[str, Tensor], source: str, remedy: str) -
         raise WeightsError(f"{source} is not an I3D or googlenet state_dict (its keys start {sample}); "
                            f"known layouts: {known}; {remedy}")
     mapping = layout.key_map()
-    bias = state.get(mapping["fc.bias"])
+    bias, first = state.get(mapping["fc.bias"]), state.get(mapping["conv1.conv.weight"])
     net = InceptionI3d(num_classes=bias.shape[0] if bias is not None and bias.ndim == 1 else _CLASSES_DEFAULT,
-                       padding=layout.padding)
+                       padding=layout.padding,
+                       in_channels=first.shape[1] if first is not None and first.ndim >= 4 else 3)
     ours = net.state_dict()
     expected = {mapping[key]: layout.file_shape(key, value.shape) for key, value in ours.items()}
     relevant = {k: v for k, v in state.items() if not k.startswith(layout.ignored_prefixes)}
@@ -307,11 +308,13 @@ def i3d_from_state_dict(state: Mapping[str, Tensor], source: str, remedy: str) -
     return net, layout.name
 
 
-def random_i3d(num_classes: int = _CLASSES_DEFAULT, padding: str = "torchvision", seed: int = 0) -> InceptionI3d:
+def random_i3d(
+    num_classes: int = _CLASSES_DEFAULT, padding: str = "torchvision", seed: int = 0, in_channels: int = 3
+) -> InceptionI3d:
     """Seeded random init that keeps activations at unit scale, without touching the caller's RNG."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        net = InceptionI3d(num_classes=num_classes, padding=padding)
+        net = InceptionI3d(num_classes=num_classes, padding=padding, in_channels=in_channels)
         for module in net.modules():
             if isinstance(module, nn.Conv3d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")

@@ -25,6 +25,7 @@ class ExtractOptions:
     roi_score_threshold: float = 0.5
     roi_classes: tuple[str, ...] = ()
     detector_weights: str | None = None
+    flow_weights: str | None = None  # flow backbones with RAFT: its weights (name, file or none)
     spatial: int | None = None       # S: also store the map average-pooled to S x S cells per row
     spatial_layer: str | None = None  # frame backbones: the trunk stage the grid is pooled from (default: last)
     device: str = "auto"

@@ -6,7 +6,7 @@ one rule in :mod:`vidfeat.features.provenance`.
 from __future__ import annotations
 
 import platform
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 
 import numpy as np
 import torch
@@ -24,9 +24,14 @@ from vidfeat.features.provenance import ProvenanceMismatch, differences
 def software_versions() -> dict:
     import h5py
 
+    try:
+        opencv = {"opencv": version("opencv-contrib-python-headless")}  # flow methods
+    except PackageNotFoundError:
+        opencv = {}
     return {
         "vidfeat": version("vidfeat"), "torch": torch.__version__, "torchvision": version("torchvision"),
-        **backend_versions(), "h5py": h5py.__version__, "numpy": np.__version__, "python": platform.python_version(),
+        **backend_versions(), "h5py": h5py.__version__, "numpy": np.__version__, **opencv,
+        "python": platform.python_version(),
     }
 
 
@@ -50,6 +55,7 @@ def build_provenance(
                     if windowing is not None else {})}
         if boxes is not None else None,
         "spatial": grid.describe(windowing is not None) if grid is not None else None,
+        "flow": backbone.describe_flow(),
         "backbone": backbone.name,
         "weights": backbone.weights_id,
         "feature_dim": backbone.extractor.feature_dim,
@@ -73,9 +79,10 @@ def backbone_for(provenance: dict, options: ExtractOptions, weights: str | None 
         weights = "none"  # seeded random init: reproducible
     elif recorded.startswith("sha256:") and weights is None:
         raise UserError(f"these features were extracted with a weights file ({recorded}); pass it with --weights FILE")
-    backbone = create_backbone(provenance["backbone"], weights)
+    backbone = create_backbone(provenance["backbone"], weights, options.flow_weights)
     rebuilt = {"weights": backbone.weights_id,
-               "preprocessing": describe_preprocessing(backbone, input_geometry(backbone, options))}
+               "preprocessing": describe_preprocessing(backbone, input_geometry(backbone, options)),
+               "flow": backbone.describe_flow()}
     mismatches = differences(provenance, rebuilt, rebuilt, ("recorded", "vs available"))
     if mismatches:
         raise ProvenanceMismatch("cannot reproduce the features this run was trained on:\n" + "\n".join(mismatches))
@@ -124,14 +131,26 @@ def _detector_weights(recorded: str, given: str | None) -> str | None:
     return "none" if recorded == "none" else None  # None: the default weights, as recorded
 
 
+def _flow_weights(provenance: dict, given: str | None) -> str | None:
+    """The RAFT weights to compute new videos' flow with: the user's file, or what the store recorded."""
+    recorded = (provenance.get("flow") or {}).get("weights")
+    if given is not None or recorded is None:
+        return given
+    if recorded.startswith("sha256:"):
+        raise UserError(f"this run's flow was computed with a RAFT weights file ({recorded}); pass that file with "
+                        "--flow-weights FILE")
+    return "none" if recorded == "none" else None  # None: the default weights, as recorded
+
+
 def reproducing_options(
-    provenance: dict, device: str = "auto", detector_weights: str | None = None
+    provenance: dict, device: str = "auto", detector_weights: str | None = None, flow_weights: str | None = None
 ) -> ExtractOptions:
     """Extraction options that give new videos the rows a store's videos have: its sampling, dtype, clip
-    windows, regions and grid (the backbone and preprocessing are checked by `backbone_for`)."""
+    windows, regions, grid and flow weights (the backbone and preprocessing are checked by `backbone_for`)."""
     window = provenance.get("window") or {}
     return ExtractOptions(
         sampling=Sampling.from_description(provenance["sampling"]), device=device, dtype=provenance["dtype"],
         clip_len=window.get("clip_len"), clip_stride=window.get("stride"), progress=False,
+        flow_weights=_flow_weights(provenance, flow_weights),
         **_region_options(provenance, detector_weights), **_spatial_options(provenance),
     )

@@ -147,13 +147,15 @@ def prepare_extraction(
 ) -> ExtractionSetup:
     """Check the options against the backbone, load it (and any detector), and describe the features it makes."""
     if isinstance(backbone, str):
-        backbone = create_backbone(backbone, weights)
+        backbone = create_backbone(backbone, weights, options.flow_weights)
     device = resolve_device(options.device)
     autocast_dtype(options.precision, device)
-    batch_size = options.batch_size or default_batch_size(device, backbone.kind)
+    check_flow_options(backbone, options)
+    windowing = windowing_for(backbone, options)
+    frames_per_row = windowing.clip_len if windowing is not None else 1
+    batch_size = options.batch_size or default_batch_size(device, backbone.kind, frames_per_row)
     if batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {batch_size}")
-    windowing = windowing_for(backbone, options)
     options = replace(options, sampling=sampling_for(backbone, options))
     geometry = input_geometry(backbone, options)
     boxes = None
@@ -172,6 +174,17 @@ def prepare_extraction(
     provenance = build_provenance(backbone, options, windowing, boxes, geometry, dataset, classes, n_folds, grid)
     return ExtractionSetup(backbone, RowPlan(geometry, windowing, boxes, grid), device, batch_size, options,
                            provenance)
+
+
+def check_flow_options(backbone: Backbone, options: ExtractOptions) -> None:
+    """A flow store holds one motion descriptor per row: no regions, grids, or compiled OpenCV code."""
+    if backbone.describe_flow() is None:
+        return
+    if options.rois is not None or options.spatial is not None:
+        raise UserError("--rois and --spatial do not apply to flow stores (--flow); extract them into the RGB store")
+    if options.compile and backbone.describe_flow()["weights"] is None:
+        raise UserError(f"--compile does not apply to {backbone.describe_flow()['method']} (OpenCV runs on the host); "
+                        "drop --compile, or use --flow raft_small / raft_large")
 
 
 def new_summary(out: str | os.PathLike, total: int, setup: ExtractionSetup) -> ExtractSummary:

@@ -49,7 +49,7 @@ class Preprocessing:
     """Everything needed to reproduce the input the weights were trained with."""
 
     resize: int  # short side after resize
-    crop: int  # centre square crop
+    crop: int | None  # centre square crop (None: the whole resized frame)
     interpolation: str  # "bilinear" | "bicubic"
     mean: tuple[float, float, float]  # applied after scaling to value_range
     std: tuple[float, float, float]
@@ -135,7 +135,7 @@ def torchvision_records(
         clip_len, frame_rate = window(member) if window is not None else (None, None)
         records.append(WeightsRecord(
             backbone=backbone, name=member.name, weights_id=str(member), source=member.url,
-            preprocessing=preprocessing(member), categories=tuple(member.meta["categories"]),
+            preprocessing=preprocessing(member), categories=tuple(member.meta.get("categories", ())),
             terms=f"torchvision, {member.meta.get('recipe', 'see the torchvision model docs')}",
             default=member is enum.DEFAULT, clip_len=clip_len, frame_rate=frame_rate,
         ))

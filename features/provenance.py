@@ -18,11 +18,11 @@ from vidfeat.features.errors import UserError
 # Fields that define what a feature *means*; stores that differ in any of them must never mix.
 IDENTITY_FIELDS = (
     "kind", "backbone", "weights", "feature_dim", "dtype", "preprocessing", "sampling", "window", "rois",
-    "spatial", "dataset", "classes", "n_folds",
+    "spatial", "flow", "dataset", "classes", "n_folds",
 )
 # Identity fields added after schema version 1 was fixed: hashed only when set, so stores written before keep
 # their provenance hash.
-LATER_FIELDS = ("spatial",)
+LATER_FIELDS = ("spatial", "flow")
 # What a head trained on the features depends on: a head trained on one representation is meaningless on
 # another. dtype (fp16 vs fp32 copies of the same features), the dataset's name and fold layout may differ;
 # the classes are checked on their own.

@@ -31,7 +31,7 @@ from vidfeat.features.provenance import ProvenanceMismatch, canonical, check_com
 SCHEMA_VERSION = 1
 SPLIT_CODES = {None: 0, "train": 1, "val": 2, "test": 3}
 SPLIT_NAMES = {code: name for name, code in SPLIT_CODES.items()}
-_JSON_FIELDS = ("preprocessing", "sampling", "window", "rois", "spatial", "classes", "software", "imported")
+_JSON_FIELDS = ("preprocessing", "sampling", "window", "rois", "spatial", "flow", "classes", "software", "imported")
 _STR = h5py.string_dtype("utf-8")
 # Per-row region datasets, present when the store was extracted with --rois.
 ROI_DATASETS = ("roi_features", "boxes", "roi_mask")

@@ -14,8 +14,10 @@ if sys.argv[1:2] and sys.argv[1] in ("train-temporal", "sweep", "evaluate", "com
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import click  # noqa: E402
+from click.core import ParameterSource  # noqa: E402
 
 from vidfeat.extract.device import PRECISIONS  # noqa: E402
+from vidfeat.extract.flow import DEFAULT_ENCODER, FLOW_ENCODERS, FLOW_METHODS  # noqa: E402
 from vidfeat.extract.options import ExtractOptions  # noqa: E402
 from vidfeat.extract.video import Sampling  # noqa: E402
 from vidfeat.features import interop  # noqa: E402
@@ -59,6 +61,13 @@ def main(debug: bool) -> None:
 @click.option("--list", "list_file", type=click.Path(path_type=Path), help="List/CSV file for the `list` dataset.")
 @click.option("--backbone", default=stages.DEFAULT_BACKBONE, show_default=True)
 @click.option("--weights", help="Weights file (state_dict), or `none` for random init. Default: pretrained.")
+@click.option("--flow", type=click.Choice(FLOW_METHODS),
+              help="Store optical flow between consecutive sampled frames instead of RGB features (a flow store).")
+@click.option("--flow-encoder", type=click.Choice(FLOW_ENCODERS),
+              help=f"With --flow: what a row holds: {DEFAULT_ENCODER} (default; no weights), a CNN on stacked flow "
+                   "(resnet50, efficientnet_lite0, ...: ImageNet weights by TSN's cross-modality start) or i3d.")
+@click.option("--flow-weights", help="With --flow raft_small/raft_large: RAFT's weights (a name, a state_dict file, "
+              "or `none`). Default: the torch cache.")
 @click.option("--fps", type=float, help="Resample to at most F frames/s. Default: every frame.")
 @click.option("--every-n", type=int, help="Keep every N-th frame (instead of --fps).")
 @click.option("--clip-len", type=int, help="Clip backbones: sampled frames per window (default: the weights').")
@@ -105,17 +114,20 @@ def main(debug: bool) -> None:
 @click.option("--videos-per-task", type=int, help="With --cluster/--scheduler: videos per Dask task "
               "(default: about 8 tasks per worker, at most 256 videos).")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
-def extract(inputs, out, dataset, data_root, list_file, backbone, weights, fps, every_n, clip_len, clip_stride,
-            rois, max_rois, roi_size, roi_score_threshold, roi_classes, detector_weights, spatial, spatial_layer,
-            device, batch_size, workers, video_timeout, commit_every, eager, compile_model, precision, dtype,
-            allow_failures, skip_failed, strict, seed, cluster, scheduler, shard, merge, videos_per_task,
-            no_progress) -> None:
+def extract(inputs, out, dataset, data_root, list_file, backbone, weights, flow, flow_encoder, flow_weights, fps,
+            every_n, clip_len, clip_stride, rois, max_rois, roi_size, roi_score_threshold, roi_classes,
+            detector_weights, spatial, spatial_layer, device, batch_size, workers, video_timeout, commit_every, eager,
+            compile_model, precision, dtype, allow_failures, skip_failed, strict, seed, cluster, scheduler, shard,
+            merge, videos_per_task, no_progress) -> None:
     """Extract features of INPUT videos/directories, or of --dataset NAME --data-root DIR, into --out."""
     try:
+        backbone_given = click.get_current_context().get_parameter_source("backbone") != ParameterSource.DEFAULT
+        backbone = stages.choose_backbone(backbone, flow, flow_encoder, backbone_given)
         options = ExtractOptions(
             sampling=Sampling(fps=fps, every_n=every_n), clip_len=clip_len, clip_stride=clip_stride, rois=rois,
             max_rois=max_rois, roi_size=roi_size, roi_score_threshold=roi_score_threshold, roi_classes=roi_classes,
-            detector_weights=detector_weights, spatial=spatial, spatial_layer=spatial_layer, device=device,
+            detector_weights=detector_weights, flow_weights=flow_weights, spatial=spatial,
+            spatial_layer=spatial_layer, device=device,
             batch_size=batch_size, workers=workers, video_timeout=video_timeout,
             commit_every=commit_every, eager=eager, compile=compile_model,
             precision=precision, dtype=dtype, strict=strict, skip_failed=skip_failed, progress=not no_progress,
@@ -328,12 +340,13 @@ def evaluate(run_dir, features_path, device) -> None:
 @click.option("--weights", help="The weights file the run's features were extracted with (for sha256 weights).")
 @click.option("--detector-weights", help="The detector weights file the run's regions were found with (for sha256 "
                                         "detector weights).")
+@click.option("--flow-weights", help="The RAFT weights file the run's flow was computed with (for sha256 weights).")
 @click.option("--device", default="auto", show_default=True)
-def predict(run_dir, videos, top_k, weights, detector_weights, device) -> None:
+def predict(run_dir, videos, top_k, weights, detector_weights, flow_weights, device) -> None:
     """Classify new videos: extract them exactly as the run's features were made, then apply the head."""
     try:
         predictions = stages.predict(run_dir, videos, top_k=top_k, weights=weights, device=device,
-                                     detector_weights=detector_weights)
+                                     detector_weights=detector_weights, flow_weights=flow_weights)
     except USER_ERRORS as exc:
         _fail(exc)
     failed = 0

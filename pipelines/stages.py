@@ -11,6 +11,7 @@ from typing import Sequence
 import numpy as np
 
 from vidfeat.extract.backbones import list_backbones, weights_records
+from vidfeat.extract.flow import DEFAULT_ENCODER, flow_backbone_name
 from vidfeat.extract.options import ExtractOptions
 from vidfeat.extract.provenance import backbone_for, reproducing_options
 from vidfeat.extract.runner import ExtractSummary, VideoJob, extract_videos
@@ -71,6 +72,18 @@ def resolve_dataset(
     if inputs:
         return dataset_from_inputs([Path(p) for p in inputs])
     raise UserError("nothing to extract: pass INPUT files/directories or --dataset NAME --data-root DIR")
+
+
+def choose_backbone(backbone: str, flow: str | None, flow_encoder: str | None, backbone_given: bool) -> str:
+    """What `vidfeat extract` runs: ``backbone``, or with ``--flow`` the flow backbone of that method and encoder."""
+    if flow is None:
+        if flow_encoder is not None:
+            raise UserError("--flow-encoder applies with --flow METHOD")
+        return backbone
+    if backbone_given:
+        raise UserError("--backbone does not apply with --flow (a flow store's rows come from --flow-encoder); "
+                        "drop one of them")
+    return flow_backbone_name(flow, flow_encoder or DEFAULT_ENCODER)
 
 
 def extract(
@@ -234,13 +247,14 @@ def predict(
     weights: str | None = None,
     device: str = "auto",
     detector_weights: str | None = None,
+    flow_weights: str | None = None,
 ) -> list[Prediction]:
     """Whole pipeline on new videos: extraction with the run's recorded backbone, preprocessing, sampling,
     regions and spatial grid (through the normal runner, so batching and failure handling are the same), a check that the new
     features mean what the run's did, then the trained head."""
     model, config = load_run(run_dir)
     provenance = config["features"]["provenance"]
-    options = reproducing_options(provenance, device, detector_weights)
+    options = reproducing_options(provenance, device, detector_weights, flow_weights)
     backbone = backbone_for(provenance, options, weights)
     jobs = [VideoJob(f"video{i:06d}", Path(v)) for i, v in enumerate(videos)]
     with tempfile.TemporaryDirectory(prefix="vidfeat-predict-") as tmp:
