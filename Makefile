@@ -110,6 +110,7 @@ BENCH_BACKBONES ?= efficientnet_lite0 resnet50
 
 bench: $(STAMP)
 	for backbone in $(BENCH_BACKBONES); do $(PY) -m vidfeat.extract.bench --backbone $$backbone || exit 1; done
+	$(PY) -m vidfeat.extract.bench --flow
 
 # One prepared run for a lent GPU node: the CUDA tests (they skip without CUDA), then the bench with its GPU rows.
 cuda-check: $(STAMP)

@@ -22,13 +22,15 @@ from dataclasses import dataclass
 from importlib.metadata import distribution
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from vidfeat.extract.backbones import Backbone, create_backbone
 from vidfeat.extract.decode_pool import MAX_CHUNK_ROWS, DecodePool, DecodeSpec, RowChunk
 from vidfeat.extract.device import Model, ModelSettings, default_batch_size
 from vidfeat.extract.ffmpeg import run_ffmpeg
-from vidfeat.extract.video import Sampling, probe_video
+from vidfeat.extract.flow import DEFAULT_METHOD, OpenCVFlow, flow_backbone_name
+from vidfeat.extract.video import Sampling, VideoReader, probe_video
 
 CLIP_SOURCES = ("bikes", "bigbuckbunny", "carphone_pristine")
 LONG_LOOPS = 4  # bigbuckbunny (132 frames) played 4 times at 1080p: 528 frames, 21 s
@@ -137,6 +139,7 @@ def _synchronize(device: torch.device) -> None:
 
 
 CLIPS = "12 clips 320x240 mpeg4"
+LONG = "1080p h264"
 
 
 @dataclass
@@ -147,7 +150,7 @@ class EndToEnd:
     peak_rss: int       # bytes, the process and its decode workers together
 
 
-_SUMMARY = re.compile(r"frames: (\d+) in [\d.]+ s = ([\d.]+) frames/s")
+_SUMMARY = re.compile(r"(?:frames|windows): (\d+) in [\d.]+ s = ([\d.]+) (?:frames|windows)/s")
 
 
 def end_to_end(videos: list[Path], backbone: str, *flags: str) -> EndToEnd:
@@ -231,17 +234,51 @@ def gpu_rows(table: Table, backbone: Backbone, workloads: dict[str, list[Path]],
               f"whole process {cluster.wall:.1f} s")
 
 
+FLOW_PAIRS = {"farneback": 64, "dis": 64, "tvl1": 6}  # pairs measured per method (TV-L1 is ~30x slower)
+
+
+def flow_rows(table: Table, workloads: dict[str, list[Path]]) -> None:
+    """Flow only (each OpenCV method), the hof_mbh encoder only, and whole flow extractions of both workloads
+    with the default method: rows are pairs of consecutive frames, so rows/s are flow fields/s."""
+    backbone = create_backbone(flow_backbone_name())
+    geometry = backbone.preprocessing.geometry()
+    frames = [f.rgb for _, f in zip(range(max(FLOW_PAIRS.values()) + 1),
+                                    VideoReader(workloads[LONG][0], geometry=geometry))]
+    pairs = torch.from_numpy(np.stack([np.stack(frames[i:i + 2]) for i in range(len(frames) - 1)]))
+    height, width = pairs.shape[2:4]
+    for method, count in FLOW_PAIRS.items():
+        start = time.perf_counter()
+        OpenCVFlow(method)(pairs[:count])
+        table.add(LONG, f"flow only, {method}, {width}x{height}", count / (time.perf_counter() - start),
+                  f"{torch.get_num_threads()} threads")
+    fields = OpenCVFlow(DEFAULT_METHOD)(pairs)
+    start = time.perf_counter()
+    backbone.extractor.encoder(fields)
+    table.add(LONG, "hof_mbh encoder only", len(pairs) / (time.perf_counter() - start))
+    for name, videos in workloads.items():
+        run = end_to_end(videos, backbone.name, "--device", "cpu")
+        table.add(name, f"flow end to end, {DEFAULT_METHOD} + hof_mbh ({run.frames} fields)", run.fps,
+                  f"{run.wall:.1f} s whole process; peak RSS {run.peak_rss / 2**20:,.0f} MiB with the decode workers")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbone", default="efficientnet_lite0")
     parser.add_argument("--frames", type=int, default=256, help="frames per model-only measurement")
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--data", type=Path, default=Path("data/bench"), help="where the workload videos are kept")
+    parser.add_argument("--flow", action="store_true", help="the flow table instead (--flow farneback + hof_mbh)")
     args = parser.parse_args()
+    if args.flow:
+        args.data.mkdir(parents=True, exist_ok=True)
+        table = Table([])
+        flow_rows(table, {CLIPS: hmdb_like_clips(args.data), LONG: long_1080p(args.data)})
+        table.print()
+        return
 
     backbone = create_backbone(args.backbone, None if args.backbone == "efficientnet_lite0" else "none")
     args.data.mkdir(parents=True, exist_ok=True)
-    workloads = {CLIPS: hmdb_like_clips(args.data), "1080p h264": long_1080p(args.data)}
+    workloads = {CLIPS: hmdb_like_clips(args.data), LONG: long_1080p(args.data)}
     print(f"backbone {backbone.name} ({backbone.weights_id}), torch threads {torch.get_num_threads()}, "
           f"{len(os.sched_getaffinity(0))} cores")
     table = Table([])

@@ -56,7 +56,7 @@ from torch import Tensor, nn
 from vidfeat.extract.backbones import Backbone
 from vidfeat.extract.video_models import ClipBackbone
 from vidfeat.extract.weights import (
-    Preprocessing, WeightsRecord, build_network, choose_weights, torchvision_records,
+    Preprocessing, WeightsError, WeightsRecord, build_network, choose_weights, torchvision_records,
 )
 from vidfeat.features.errors import UserError
 
@@ -115,11 +115,13 @@ def _opencv():
 
 class OpenCVFlow:
     """One OpenCV method on the host; pairs run in parallel threads (OpenCV releases the GIL), each thread with
-    its own method object, since TV-L1 and DIS keep buffers between calls."""
+    its own method object, since TV-L1 and DIS keep buffers between calls. OpenCV's own threads are turned off
+    (for the process): on top of ours they only spin, and slowed flow 1.1x and the encoder 1.5-2x on 2 cores."""
 
     def __init__(self, name: str) -> None:
         self.name, self.parameters = name, OPENCV_PARAMETERS[name]
         self.cv2 = _opencv()
+        self.cv2.setNumThreads(1)
         if name == "tvl1" and not hasattr(self.cv2, "optflow"):
             raise UserError("--flow tvl1 needs OpenCV's contrib modules; `pip install opencv-contrib-python-headless`"
                             " (not opencv-python, which shadows it)")
@@ -314,8 +316,12 @@ class I3dFlow(nn.Module):
         if weights == "none":
             self.net, self.weights_id, start = random_i3d(in_channels=2, padding="same"), "none", "random"
         else:
-            self.net, self.weights_id, start = *load_i3d(weights)[:2], "flow checkpoint"
-            if self.net.conv1.conv.in_channels == 3:
+            self.net, self.weights_id, start = *load_i3d(weights, in_channels=None)[:2], "flow checkpoint"
+            channels = self.net.conv1.conv.in_channels
+            if channels not in (2, 3):
+                raise WeightsError(f"{weights} takes {channels} input channels; the i3d flow encoder takes a flow "
+                                   "checkpoint (2 channels, e.g. piergiaj's flow_imagenet.pt) or an RGB one (3)")
+            if channels == 3:
                 cross_modality(self.net, 2, nn.Conv3d)
                 start = "TSN cross-modality from RGB weights"
         self.start, self.feature_dim = start, self.net.fc.in_features

@@ -278,8 +278,11 @@ def detect_layout(state: Mapping[str, Tensor]) -> CheckpointLayout | None:
     return next((layout for layout in LAYOUTS.values() if layout.marker in state), None)
 
 
-def i3d_from_state_dict(state: Mapping[str, Tensor], source: str, remedy: str) -> tuple[InceptionI3d, str]:
-    """Build InceptionI3d with the padding and classifier size the file implies and load it strictly.
+def i3d_from_state_dict(
+    state: Mapping[str, Tensor], source: str, remedy: str, in_channels: int | None = 3
+) -> tuple[InceptionI3d, str]:
+    """Build InceptionI3d with the padding and classifier size the file implies and load it strictly; with
+    ``in_channels`` None, also with the input channels it implies (flow: 2, or 3 for a cross-modality start).
 
     Returns the network and the layout name. Errors name the missing / unexpected keys in the file's own naming.
     """
@@ -293,7 +296,7 @@ def i3d_from_state_dict(state: Mapping[str, Tensor], source: str, remedy: str) -
     bias, first = state.get(mapping["fc.bias"]), state.get(mapping["conv1.conv.weight"])
     net = InceptionI3d(num_classes=bias.shape[0] if bias is not None and bias.ndim == 1 else _CLASSES_DEFAULT,
                        padding=layout.padding,
-                       in_channels=first.shape[1] if first is not None and first.ndim >= 4 else 3)
+                       in_channels=in_channels or (first.shape[1] if first is not None and first.ndim >= 4 else 3))
     ours = net.state_dict()
     expected = {mapping[key]: layout.file_shape(key, value.shape) for key, value in ours.items()}
     relevant = {k: v for k, v in state.items() if not k.startswith(layout.ignored_prefixes)}
@@ -336,12 +339,13 @@ def i3d_weights_records() -> list[WeightsRecord]:
     )]
 
 
-def load_i3d(weights: str | os.PathLike | None) -> tuple[InceptionI3d, str, str]:
-    """(network, weights id, layout) for `create_clip_backbone("i3d", weights)`; see the module notes."""
+def load_i3d(weights: str | os.PathLike | None, in_channels: int | None = 3) -> tuple[InceptionI3d, str, str]:
+    """(network, weights id, layout) for `create_clip_backbone("i3d", weights)`; see the module notes.
+    ``in_channels`` None takes a file's own input channels (the flow encoder)."""
     if weights is not None and str(weights) == "none":
         return random_i3d(), "none", "random"
     weights = None if weights is None else str(weights)
     record = choose_weights(i3d_weights_records(), weights)
     path, weights_id, remedy = resolve_weights("i3d", weights, record, remedy=I3D_REMEDY)
-    net, layout = i3d_from_state_dict(read_state_dict(Path(path), remedy), str(path), remedy)
+    net, layout = i3d_from_state_dict(read_state_dict(Path(path), remedy), str(path), remedy, in_channels)
     return net, weights_id, layout

@@ -220,3 +220,19 @@ def test_predict_reextracts_flow_for_a_run_trained_on_a_flow_store(motion_videos
     result = runner.invoke(main, ["predict", str(run), str(motion_videos["left_down"]), "--top-k", "2"])
     assert result.exit_code == 0, result.output
     assert "left_down" in result.output and "right_up" in result.output
+
+
+def test_i3d_flow_encoder_loads_a_two_channel_flow_checkpoint_and_starts_rgb_ones_cross_modally(tmp_path):
+    from vidfeat.extract.i3d import piergiaj_key_map, random_i3d
+
+    mapping = piergiaj_key_map()
+    for channels, start in ((2, "flow checkpoint"), (3, "TSN cross-modality from RGB weights")):
+        net = random_i3d(num_classes=400, padding="same", in_channels=channels)
+        state = {mapping[k]: v.reshape(*v.shape, 1, 1, 1) if k == "fc.weight" else v
+                 for k, v in net.state_dict().items()}
+        path = tmp_path / f"i3d{channels}.pt"
+        torch.save(state, path)
+        backbone = create_flow_backbone("flow/farneback/i3d", weights=str(path))
+        encoder = backbone.extractor.encoder
+        assert encoder.net.conv1.conv.in_channels == 2 and backbone.describe_flow()["encoder"]["start"] == start
+        assert backbone.weights_id.startswith("sha256:")
