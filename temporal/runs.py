@@ -381,14 +381,20 @@ def feature_records(config: dict) -> list[dict]:
     return records if isinstance(records, list) else [records]
 
 
-def _plan_fusion(features_path: StorePath | Streams, head: str, fusion: str | None, fusion_weights: object,
-                 data: RunData | None) -> Fusion | None:
-    """The run's fusion, checked before its stores are read (a sweep's ``data`` may be loaded already)."""
+def _load_fused(
+    features_path: StorePath | Streams, head: str, fold: int, fusion: str | None, fusion_weights: object,
+    data: RunData | None, in_memory: bool | None,
+) -> tuple[RunData, Fusion | None]:
+    """The run's data (``data`` when a sweep loaded it already) and fusion, the fusion checked before any store is
+    read."""
     streams = len(data.stores) if data is not None else len(stream_paths(features_path))
     plan = Fusion.plan(fusion, fusion_weights, head, streams)
     if plan is not None:
         _refuse_extras_on_streams([head])
-    return plan
+    data = data or RunData.load(features_path, [fold], heads=[head], in_memory=in_memory)
+    if plan is not None and plan.mode == "slowfast":
+        check_rates([s.lengths for s in data.source.sources], [store_name(s.path) for s in data.stores])
+    return data, plan
 
 
 def train_run(
@@ -414,11 +420,9 @@ def train_run(
 ) -> dict:
     """Train ``head`` on fold ``fold`` of the store, score it on the test split and write a run directory.
 
-    ``features_path`` = ``Streams([rgb, flow])`` trains on several aligned stores (:mod:`vidfeat.temporal.streams`),
-    combined by ``fusion`` (``late``, the default, ``concat`` or ``slowfast``; :mod:`vidfeat.temporal.fusion`) with
-    late fusion's ``fusion_weights`` (``"1,1.5"`` or a list, one per stream; TSN's 1:1.5 for two).
-
-    ``train_options`` overrides :class:`TrainConfig` fields (lr, batch_size, mixup, ...), on top of the head's
+    ``features_path`` = ``Streams([rgb, flow])``: several aligned stores (:mod:`vidfeat.temporal.streams`), combined
+    by ``fusion`` (``late``, the default, ``concat``, ``slowfast``) with late fusion's ``fusion_weights`` (``"1,1.5"``
+    or a list, one per stream; TSN's 1:1.5 for two), see :mod:`vidfeat.temporal.fusion`. ``train_options`` overrides :class:`TrainConfig` fields (lr, batch_size, mixup, ...), on top of the head's
     own recipe (:func:`~vidfeat.temporal.heads.training_defaults`, e.g. gcn's higher lr); ``epochs`` and
     ``seed`` are shortcuts for the common ones. ``logreg`` always pools every step of a video (sampling
     mode ``all``). ``data``: the store already loaded (a sweep's, shared by its runs), else it is read here.
@@ -432,10 +436,7 @@ def train_run(
     check_sampling(sampling["mode"], segments, eval_clips)
     device = torch.device(device) if device else default_device()
     _refuse_existing(out_dir)
-    plan = _plan_fusion(features_path, head, fusion, fusion_weights, data)
-    data = data or RunData.load(features_path, [fold], heads=[head], in_memory=in_memory)
-    if plan is not None and plan.mode == "slowfast":
-        check_rates([s.lengths for s in data.source.sources], [store_name(s.path) for s in data.stores])
+    data, plan = _load_fused(features_path, head, fold, fusion, fusion_weights, data, in_memory)
     options = data.head_options(head, options, config)
     split = data.split(fold, val_fraction, seed)
     sets = [

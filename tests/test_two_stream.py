@@ -314,3 +314,16 @@ def test_train_evaluate_compare_and_predict_a_two_stream_run_through_the_cli(vid
                                          str(tmp_path / "sf"), "--epochs", "2", "-o", "fusion=slowfast",
                                          "-o", "width=16", "-o", "alpha=2", "--no-progress"])
     assert slowfast.exit_code == 0, slowfast.output
+
+
+def test_a_sweep_on_two_stores_sweeps_the_fusion_like_a_head_option(pair, tmp_path):
+    from vidfeat.temporal.runs import rank_configurations
+    from vidfeat.temporal.sweep import SweepGrid, run_sweep
+
+    grid = SweepGrid(heads=["mean"], head_options={"fusion": ["late", "concat"]}, settings={"epochs": 2})
+    result = run_sweep(Streams(pair), grid, tmp_path / "sweep")
+    assert (result.runs, result.trained) == (2, 2)
+    recorded = json.loads((tmp_path / "sweep" / "sweep.json").read_text())["features"]
+    assert recorded == [str(p.resolve()) for p in pair]
+    names = {entry["configuration"] for entry in rank_configurations(compare_runs([tmp_path / "sweep"]))}
+    assert names == {"mean fusion=late epochs=2", "mean fusion=concat epochs=2"}
