@@ -3,7 +3,8 @@
 A run directory holds everything needed to reproduce and reuse a trained head::
 
     config.json      head + options, sampling, training options, seed, fold and split sizes, and the
-                     store's path, full provenance and provenance hash
+                     store's path, full provenance and provenance hash (a multi-stream run: one such record
+                     per store, in stream order, and the fusion; see vidfeat.temporal.fusion)
     model.pt         the head's state_dict (load with ``torch.load(..., weights_only=True)``)
     train_log.csv    one row per epoch (logreg: one row per C tried)
     curves.png       loss / accuracy curves (logreg: validation accuracy per C)

@@ -283,7 +283,7 @@ def video_pair(tmp_path_factory):
 def test_train_evaluate_compare_and_predict_a_two_stream_run_through_the_cli(video_pair, tmp_path):
     root, (slow, fast) = video_pair
     features = ["--features", str(slow), "--features", str(fast)]
-    run = tmp_path / "late"
+    run = tmp_path / "two_stream"
     trained = CliRunner().invoke(main, ["train-temporal", "--head", "mean", *features, "--out", str(run),
                                         "--epochs", "3", "-o", "fusion_weights=1,1", "--no-progress"])
     assert trained.exit_code == 0, trained.output
@@ -295,7 +295,7 @@ def test_train_evaluate_compare_and_predict_a_two_stream_run_through_the_cli(vid
     swapped = CliRunner().invoke(main, ["evaluate", str(run), "--features", str(fast), "--features", str(slow)])
     assert swapped.exit_code == 1 and "does not hold the features this run was trained on" in swapped.output
     compared = CliRunner().invoke(main, ["compare", str(run)])
-    assert compared.exit_code == 0 and "late" in compared.output
+    assert compared.exit_code == 0 and re.search(r"^two_stream +mean +1 +0 ", compared.output, re.M), compared.output
     (root / "broken.mp4").write_bytes(b"\0" * 100)
     predicted = CliRunner().invoke(main, ["predict", str(run), str(root / "plain" / "2.mp4"), str(root / "broken.mp4"),
                                           "--top-k", "2"])
