@@ -32,6 +32,7 @@ from vidfeat.temporal.runs import (  # noqa: E402
     train_run, write_comparison,
 )
 from vidfeat.temporal.sampling import SAMPLE_MODES  # noqa: E402
+from vidfeat.temporal.streams import Streams  # noqa: E402
 from vidfeat.temporal.sweep import SweepGrid, run_sweep  # noqa: E402
 
 # Errors a user can act on: shown as one clear message, no traceback (every layer's own error types are UserErrors).
@@ -272,10 +273,18 @@ def _parse_key_values(pairs: tuple[str, ...], option: str) -> dict:
     return options
 
 
+def _stores(paths: tuple[Path, ...]) -> Path | Streams | None:
+    """One --features store as itself, several as the streams of a multi-stream run (in the order given)."""
+    if not paths:
+        return None
+    return paths[0] if len(paths) == 1 else Streams(paths)
+
+
 @main.command("train-temporal")
 @click.option("--head", required=True, type=click.Choice(list_heads()), help="Temporal head to train.")
-@click.option("--features", "features_path", required=True, type=click.Path(path_type=Path),
-              help="Feature store (.h5) written by `vidfeat extract`.")
+@click.option("--features", "features_path", required=True, multiple=True, type=click.Path(path_type=Path),
+              help="Feature store (.h5) written by `vidfeat extract`; repeat it for a multi-stream run (e.g. RGB, "
+                   "then flow), combined by -o fusion=late|concat|slowfast.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Run directory to create.")
 @click.option("--fold", default="1", show_default=True, help="Fold number, or `all` for the 3-fold protocol.")
 @click.option("--segments", default=8, show_default=True, help="K segments sampled per video.")
@@ -307,9 +316,9 @@ def train_temporal(head, features_path, out, fold, segments, sample_mode, eval_c
                   **_parse_key_values(head_option, "--head-option"))
     try:
         if fold == "all":
-            train_folds(features_path, head, out, **kwargs)
+            train_folds(_stores(features_path), head, out, **kwargs)
         elif fold.isdigit():
-            train_run(features_path, head, out, fold=int(fold), **kwargs)
+            train_run(_stores(features_path), head, out, fold=int(fold), **kwargs)
         else:
             raise click.BadParameter(f"expected a fold number or `all`, got {fold!r}", param_hint="--fold")
     except USER_ERRORS as exc:
@@ -320,13 +329,14 @@ def train_temporal(head, features_path, out, fold, segments, sample_mode, eval_c
 
 @main.command()
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--features", "features_path", type=click.Path(path_type=Path),
-              help="Score on this store instead of the run's (its provenance must match).")
+@click.option("--features", "features_path", multiple=True, type=click.Path(path_type=Path),
+              help="Score on this store instead of the run's (its provenance must match); a multi-stream run takes "
+                   "one per stream, in the run's order.")
 @click.option("--device", help="cpu, cuda or cuda:N.")
 def evaluate(run_dir, features_path, device) -> None:
     """Re-score a trained run on its test split."""
     try:
-        metrics = evaluate_run(run_dir, features_path, device=device)
+        metrics = evaluate_run(run_dir, _stores(features_path), device=device)
     except USER_ERRORS as exc:
         _fail(exc)
     click.echo(f"{metrics['head']} fold {metrics['fold']} on {metrics['features']}: top1 {100 * metrics['top1']:.1f}  "
@@ -337,7 +347,9 @@ def evaluate(run_dir, features_path, device) -> None:
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("videos", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--top-k", default=5, show_default=True)
-@click.option("--weights", help="The weights file the run's features were extracted with (for sha256 weights).")
+@click.option("--weights", multiple=True,
+              help="The weights file the run's features were extracted with (for sha256 weights); a multi-stream run "
+                   "takes it for each stream extracted with a file, or one --weights per stream (`-` for none).")
 @click.option("--detector-weights", help="The detector weights file the run's regions were found with (for sha256 "
                                         "detector weights).")
 @click.option("--flow-weights", help="The RAFT weights file the run's flow was computed with (for sha256 weights).")
@@ -345,7 +357,8 @@ def evaluate(run_dir, features_path, device) -> None:
 def predict(run_dir, videos, top_k, weights, detector_weights, flow_weights, device) -> None:
     """Classify new videos: extract them exactly as the run's features were made, then apply the head."""
     try:
-        predictions = stages.predict(run_dir, videos, top_k=top_k, weights=weights, device=device,
+        given = None if not weights else weights[0] if len(weights) == 1 else list(weights)
+        predictions = stages.predict(run_dir, videos, top_k=top_k, weights=given, device=device,
                                      detector_weights=detector_weights, flow_weights=flow_weights)
     except USER_ERRORS as exc:
         _fail(exc)

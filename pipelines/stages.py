@@ -22,7 +22,7 @@ from vidfeat.features.store import FeatureStore, open_store
 from vidfeat.pipelines import relational, sample
 from vidfeat.pipelines.scaleout import ScaledSummary, ScaleOut, extract_scaled
 from vidfeat.pipelines.datasets import Dataset, dataset_from_inputs, load_dataset
-from vidfeat.temporal.runs import check_provenance, load_run, predict_sequences
+from vidfeat.temporal.runs import check_provenance, feature_records, load_run, predict_sequences
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
 # Datasets generated on first use, and where they go when no --data-root is given.
@@ -240,36 +240,84 @@ class Prediction:
     error: str = ""
 
 
+@dataclass
+class StreamFeatures:
+    """One stream's features of the videos to predict, extracted as the run's store of that stream was."""
+
+    sequences: dict[str, np.ndarray]
+    regions: dict[str, tuple] | None
+    spatial: dict[str, np.ndarray] | None
+    errors: dict[str, str]
+
+
+def _stream_weights(weights: str | Sequence[str | None] | None, records: list[dict]) -> list[str | None]:
+    """The weights file to rebuild each stream's backbone with: one value goes to every stream extracted with a
+    weights file (to the only stream of a one-store run), a list gives one per stream (``-`` or None: none)."""
+    if weights is None or isinstance(weights, (str, os.PathLike)):
+        if len(records) == 1:
+            return [weights]
+        return [weights if r["provenance"]["weights"].startswith("sha256:") else None for r in records]
+    if len(weights) != len(records):
+        raise UserError(f"the run has {len(records)} streams; give --weights once, or once per stream in the run's "
+                        f"order (`-` for a stream without a weights file), not {len(weights)} times")
+    return [None if w in (None, "-") else w for w in weights]
+
+
+def _extract_stream(
+    config: dict, stream: int, jobs: list[VideoJob], out: Path, device: str, weights: str | None,
+    detector_weights: str | None, flow_weights: str | None,
+) -> StreamFeatures:
+    """Extract ``jobs`` with the run's ``stream``-th store's recorded settings into ``out`` and check that the new
+    features mean what that store's did."""
+    provenance = feature_records(config)[stream]["provenance"]
+    options = reproducing_options(provenance, device, detector_weights, flow_weights)
+    backbone = backbone_for(provenance, options, weights)
+    extract_videos(jobs, out, backbone, options, {"name": "predict"}, [], 0)
+    with open_store(out) as store:
+        check_provenance(config, store.attrs, None, "the store extracted for prediction", stream)
+        sequences = {job.key: store.features(job.key) for job in jobs if job.key in store}
+        return StreamFeatures(
+            sequences,
+            {key: store.rois(key) for key in sequences} if options.rois is not None else None,
+            {key: store.spatial(key) for key in sequences} if options.spatial is not None else None,
+            {key: error for key, _, error in store.failure_records()},
+        )
+
+
 def predict(
     run_dir: str | os.PathLike,
     videos: Sequence[str | os.PathLike],
     top_k: int = 5,
-    weights: str | None = None,
+    weights: str | Sequence[str | None] | None = None,
     device: str = "auto",
     detector_weights: str | None = None,
     flow_weights: str | None = None,
 ) -> list[Prediction]:
     """Whole pipeline on new videos: extraction with the run's recorded backbone, preprocessing, sampling,
-    regions and spatial grid (through the normal runner, so batching and failure handling are the same), a check that the new
-    features mean what the run's did, then the trained head."""
+    regions and spatial grid (through the normal runner, so batching and failure handling are the same), once per
+    stream of a multi-stream run, a check that the new features mean what the run's did, then the trained head.
+    A video is classified when every stream could extract it."""
     model, config = load_run(run_dir)
-    provenance = config["features"]["provenance"]
-    options = reproducing_options(provenance, device, detector_weights, flow_weights)
-    backbone = backbone_for(provenance, options, weights)
+    records = feature_records(config)
     jobs = [VideoJob(f"video{i:06d}", Path(v)) for i, v in enumerate(videos)]
     with tempfile.TemporaryDirectory(prefix="vidfeat-predict-") as tmp:
-        store_path = Path(tmp) / "features.h5"
-        extract_videos(jobs, store_path, backbone, options, {"name": "predict"}, [], 0)
-        with open_store(store_path) as store:
-            check_provenance(config, store.attrs, None, "the store extracted for prediction")
-            sequences = {job.key: store.features(job.key) for job in jobs if job.key in store}
-            regions = [store.rois(key) for key in sequences] if options.rois is not None else None
-            spatial = [store.spatial(key) for key in sequences] if options.spatial is not None else None
-            errors = {key: error for key, _, error in store.failure_records()}
+        streams = [
+            _extract_stream(config, i, jobs, Path(tmp) / f"stream{i}.h5", device, stream_weights, detector_weights,
+                            flow_weights)
+            for i, stream_weights in enumerate(_stream_weights(weights, records))
+        ]
+    keys = [job.key for job in jobs if all(job.key in s.sequences for s in streams)]
+    errors = {key: error for s in reversed(streams) for key, error in s.errors.items()}
     predictions = [Prediction(job.path, error=errors.get(job.key, "")) for job in jobs]
-    if sequences:
-        proba = predict_sequences(model, config, list(sequences.values()), regions, spatial)
-        by_key = dict(zip(sequences, proba))
+    if keys:
+        arrays = [[s.sequences[k] for k in keys] for s in streams]
+        first = streams[0]
+        proba = predict_sequences(
+            model, config, arrays[0] if len(arrays) == 1 else arrays,
+            [first.regions[k] for k in keys] if first.regions is not None else None,
+            [first.spatial[k] for k in keys] if first.spatial is not None else None,
+        )
+        by_key = dict(zip(keys, proba))
         classes = config["classes"]
         for job, prediction in zip(jobs, predictions):
             if job.key in by_key:

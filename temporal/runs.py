@@ -3,7 +3,8 @@
 A run directory holds everything needed to reproduce and reuse a trained head::
 
     config.json      head + options, sampling, training options, seed, fold and split sizes, and the
-                     store's path, full provenance and provenance hash
+                     store's path, full provenance and provenance hash (a multi-stream run: one such record
+                     per store, in stream order, and the fusion; see vidfeat.temporal.fusion)
     model.pt         the head's state_dict (load with ``torch.load(..., weights_only=True)``)
     train_log.csv    one row per epoch (logreg: one row per C tried)
     curves.png       loss / accuracy curves (logreg: validation accuracy per C)
@@ -20,6 +21,7 @@ import csv
 import json
 import math
 import time
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from importlib.metadata import version
@@ -30,7 +32,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from vidfeat.features import SequenceSource, StorePath, check_representation, fits_in_memory, open_store, select_keys
+from vidfeat.features import (
+    FeatureStore, SequenceSource, StorePath, check_representation, fits_in_memory, open_store, select_keys,
+)
 from vidfeat.features.errors import UserError
 from vidfeat.temporal.data import (
     FoldSplit,
@@ -44,11 +48,13 @@ from vidfeat.temporal.data import (
     resolve_store_path,
     split_parts,
 )
+from vidfeat.temporal.fusion import Fusion, check_rates, create_model
 from vidfeat.temporal.heads import (
-    create_head, head_defaults, resolve_options, training_defaults, uses_regions, uses_spatial,
+    head_defaults, resolve_options, training_defaults, uses_regions, uses_spatial,
 )
 from vidfeat.temporal.logreg import fit_logreg
 from vidfeat.temporal.sampling import check_sampling
+from vidfeat.temporal.streams import JoinedSource, Streams, check_aligned, store_name, stream_paths
 from vidfeat.temporal.training import (
     TrainConfig,
     count_parameters,
@@ -195,39 +201,82 @@ def load_sources(
 
 
 @dataclass
+class StoreInfo:
+    """What a run records of one of its stores: where it is and how its features were made."""
+
+    path: StorePath
+    provenance: dict
+    provenance_hash: str
+    input_dim: int
+
+    @classmethod
+    def of(cls, path: StorePath, store: FeatureStore) -> "StoreInfo":
+        return cls(path, dict(store.attrs), store.provenance_hash, store.feature_dim)
+
+    def record(self) -> dict:
+        """config.json's record of the store."""
+        return {"path": resolve_store_path(self.path), "provenance": self.provenance,
+                "provenance_hash": self.provenance_hash}
+
+
+def _refuse_extras_on_streams(heads: Sequence[str]) -> None:
+    extras = [head for head in heads if _extra_kinds([head])]
+    if extras:
+        raise UserError(f"head {extras[0]!r} reads regions or spatial grids, which a multi-stream run does not "
+                        "join; train it on one store, or train a frame head (mean, lstm, tcn, transformer, "
+                        "slowfast, logreg) on the streams")
+
+
+def load_rows(
+    paths: Sequence[StorePath], keys: list[str], heads: Sequence[str], in_memory: bool | None = None
+) -> tuple[SequenceSource | JoinedSource, RegionSource | None, SpatialSource | None]:
+    """The rows of ``keys``: one store's (with the regions or grid any of ``heads`` reads, :func:`load_sources`),
+    or several streams' joined (:class:`JoinedSource`)."""
+    if len(paths) == 1:
+        return load_sources(paths[0], keys, heads, in_memory)
+    _refuse_extras_on_streams(heads)
+    return JoinedSource.from_stores(paths, keys, in_memory), None, None
+
+
+@dataclass
 class RunData:
-    """What runs read from a store: its metadata, the recorded parts of some folds, and the rows of their videos
-    (plus the regions or spatial grids a head reads).
+    """What runs read from their store(s): metadata, the recorded parts of some folds, and the rows of their videos
+    (plus the regions or spatial grids a head reads; several streams' rows joined, for a multi-stream run).
 
     ``train_run`` loads one per run; a sweep loads one for all its runs and shares its rows (:meth:`share`) with
     the processes that train them, so the cache is read once and held in memory once.
     """
 
-    path: StorePath
+    stores: list[StoreInfo]
     classes: list[str]
-    input_dim: int
-    provenance: dict
-    provenance_hash: str
     labels: dict[str, int]
     parts: dict[int, dict[str, list[str]]]
-    source: SequenceSource
+    source: SequenceSource | JoinedSource
     regions: RegionSource | None = None
     spatial: SpatialSource | None = None
 
     @classmethod
     def load(
-        cls, path: StorePath, folds: Sequence[int], *, heads: Sequence[str] = (), in_memory: bool | None = None
+        cls, path: StorePath | Streams, folds: Sequence[int], *, heads: Sequence[str] = (),
+        in_memory: bool | None = None,
     ) -> "RunData":
-        """Read ``folds`` of the store, with the regions or grid any of ``heads`` reads (see :func:`load_sources`)."""
-        with open_store(path) as store:
-            parts = {fold: fold_parts(store, fold) for fold in folds}
+        """Read ``folds`` of the store (or of the aligned stores of ``Streams``), with the regions or grid any of
+        ``heads`` reads (see :func:`load_rows`)."""
+        paths = stream_paths(path)
+        with ExitStack() as stack:
+            stores = [stack.enter_context(open_store(p)) for p in paths]
+            check_aligned(stores, [store_name(p) for p in paths])
+            parts = {fold: fold_parts(stores[0], fold) for fold in folds}
             keys = sorted({key for fold in parts.values() for part in fold.values() for key in part})
-            data = {
-                "classes": store.classes, "input_dim": store.feature_dim, "provenance": dict(store.attrs),
-                "provenance_hash": store.provenance_hash, "labels": dict(zip(keys, class_indices(store, keys))),
-            }
-        source, regions, spatial = load_sources(path, keys, heads, in_memory)
-        return cls(path, parts=parts, source=source, regions=regions, spatial=spatial, **data)
+            infos = [StoreInfo.of(p, store) for p, store in zip(paths, stores)]
+            labels = dict(zip(keys, class_indices(stores[0], keys)))
+            classes = stores[0].classes
+        source, regions, spatial = load_rows(paths, keys, heads, in_memory)
+        return cls(infos, classes, labels, parts, source, regions, spatial)
+
+    @property
+    def input_dims(self) -> list[int]:
+        return [store.input_dim for store in self.stores]
 
     def split(self, fold: int, val_fraction: float, seed: int) -> FoldSplit:
         if fold not in self.parts:
@@ -250,7 +299,7 @@ class RunData:
             if loaded is None:
                 raise ValueError(f"head {head!r} needs {', '.join(kind.datasets)}, but the loaded data holds none; "
                                  f"load it with heads=[{head!r}]")
-            recorded.update(kind.head_options(self.provenance))
+            recorded.update(kind.head_options(self.stores[0].provenance))
         for name, value in recorded.items():
             if options.get(name) not in (None, value):
                 raise UserError(f"{name}={options[name]} was given, but the store records {name}={value}")
@@ -271,9 +320,10 @@ class Fitted:
 
 
 def _fit(
-    head: str, options: dict, config: TrainConfig, sets: list[SequenceDataset | None], data: RunData, device, progress
+    head: str, options: dict, config: TrainConfig, sets: list[SequenceDataset | None], data: RunData,
+    fusion: Fusion | None, device, progress,
 ) -> Fitted:
-    """Train (or fit, for logreg) the head on ``sets`` = [train, val or None]."""
+    """Train (or fit, for logreg) the head, or the heads ``fusion`` combines, on ``sets`` = [train, val or None]."""
     train_set, val_set = sets
     if head == "logreg":
         model, report = fit_logreg(
@@ -290,7 +340,7 @@ def _fit(
             {"C": report["C"], "val_acc": float("nan")}
         ]
         return Fitted(model, history, {"seed": config.seed, "fit": report})
-    model = create_head(head, data.input_dim, len(data.classes), **options)
+    model = create_model(head, data.input_dims, len(data.classes), options, fusion)
     result = train(model, train_set, val_set, config, device=device, progress=progress)
     return Fitted(model, result.history, asdict(config), result.best_epoch, result.stopped_early)
 
@@ -317,13 +367,39 @@ def _split_record(split: FoldSplit) -> dict:
             "split_sizes": {"train": len(split.train), "val": len(split.val), "test": len(split.test)}}
 
 
-def _features_record(features_path: StorePath, data: RunData) -> dict:
-    return {"path": resolve_store_path(features_path), "provenance": data.provenance,
-            "provenance_hash": data.provenance_hash}
+def _streams_record(data: RunData, fusion: Fusion | None) -> dict:
+    """What config.json records of the store(s): one store's record as before; for several streams a list of them
+    (in stream order), the fusion, and the joined step vector's size as the input dimension."""
+    if fusion is None:
+        return {"features": data.stores[0].record(), "input_dim": data.input_dims[0]}
+    return {"features": [store.record() for store in data.stores], "input_dim": sum(data.input_dims),
+            "fusion": fusion.with_dims(data.input_dims).record()}
+
+
+def feature_records(config: dict) -> list[dict]:
+    """A run's store records (path, provenance, provenance hash), one per stream, in stream order."""
+    records = config["features"]
+    return records if isinstance(records, list) else [records]
+
+
+def _load_fused(
+    features_path: StorePath | Streams, head: str, fold: int, fusion: str | None, fusion_weights: object,
+    data: RunData | None, in_memory: bool | None,
+) -> tuple[RunData, Fusion | None]:
+    """The run's data (``data`` when a sweep loaded it already) and fusion, the fusion checked before any store is
+    read."""
+    streams = len(data.stores) if data is not None else len(stream_paths(features_path))
+    plan = Fusion.plan(fusion, fusion_weights, head, streams)
+    if plan is not None:
+        _refuse_extras_on_streams([head])
+    data = data or RunData.load(features_path, [fold], heads=[head], in_memory=in_memory)
+    if plan is not None and plan.mode == "slowfast":
+        check_rates([s.lengths for s in data.source.sources], [store_name(s.path) for s in data.stores])
+    return data, plan
 
 
 def train_run(
-    features_path: StorePath,
+    features_path: StorePath | Streams,
     head: str,
     out_dir: str | Path,
     *,
@@ -339,11 +415,15 @@ def train_run(
     device: str | None = None,
     progress: bool = True,
     data: RunData | None = None,
+    fusion: str | None = None,
+    fusion_weights: str | Sequence[float] | None = None,
     **head_options,
 ) -> dict:
     """Train ``head`` on fold ``fold`` of the store, score it on the test split and write a run directory.
 
-    ``train_options`` overrides :class:`TrainConfig` fields (lr, batch_size, mixup, ...), on top of the head's
+    ``features_path`` = ``Streams([rgb, flow])``: several aligned stores (:mod:`vidfeat.temporal.streams`), combined
+    by ``fusion`` (``late``, the default, ``concat``, ``slowfast``) with late fusion's ``fusion_weights`` (``"1,1.5"``
+    or a list, one per stream; TSN's 1:1.5 for two), see :mod:`vidfeat.temporal.fusion`. ``train_options`` overrides :class:`TrainConfig` fields (lr, batch_size, mixup, ...), on top of the head's
     own recipe (:func:`~vidfeat.temporal.heads.training_defaults`, e.g. gcn's higher lr); ``epochs`` and
     ``seed`` are shortcuts for the common ones. ``logreg`` always pools every step of a video (sampling
     mode ``all``). ``data``: the store already loaded (a sweep's, shared by its runs), else it is read here.
@@ -357,7 +437,7 @@ def train_run(
     check_sampling(sampling["mode"], segments, eval_clips)
     device = torch.device(device) if device else default_device()
     _refuse_existing(out_dir)
-    data = data or RunData.load(features_path, [fold], heads=[head], in_memory=in_memory)
+    data, plan = _load_fused(features_path, head, fold, fusion, fusion_weights, data, in_memory)
     options = data.head_options(head, options, config)
     split = data.split(fold, val_fraction, seed)
     sets = [
@@ -366,14 +446,14 @@ def train_run(
     ]
     torch.manual_seed(seed)
     started = time.perf_counter()
-    fitted = _fit(head, options, config, sets[:2], data, device, progress)
+    fitted = _fit(head, options, config, sets[:2], data, plan, device, progress)
     train_time = time.perf_counter() - started
     metrics = evaluate(fitted.model, sets[2], data.classes, device=device)
     run_config = {
-        "format": RUN_FORMAT, "head": head, "head_options": options, "input_dim": data.input_dim,
+        "format": RUN_FORMAT, "head": head, "head_options": options, **_streams_record(data, plan),
         "num_classes": len(data.classes), "classes": data.classes, "fold": fold, "sampling": sampling,
         "training": fitted.training, "seed": seed, "val_fraction": val_fraction, **_split_record(split),
-        "features": _features_record(features_path, data), "software": _software(), "device": str(device),
+        "software": _software(), "device": str(device),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "checkpoint": CHECKPOINT,
     }
     metrics.update(
@@ -385,7 +465,7 @@ def train_run(
 
 
 def train_folds(
-    features_path: StorePath,
+    features_path: StorePath | Streams,
     head: str,
     out_dir: str | Path,
     *,
@@ -396,7 +476,7 @@ def train_folds(
     with per-fold rows and mean ± std (sample std over folds) of top1, top5 and mean class accuracy."""
     out_dir = Path(out_dir)
     if folds is None:
-        with open_store(features_path) as store:
+        with open_store(stream_paths(features_path)[0]) as store:
             folds = list(range(1, store.n_folds + 1))
         if not folds:
             raise UserError("this store has no folds (n_folds=0); fold 'all' needs a dataset with official splits")
@@ -415,13 +495,20 @@ def train_folds(
     return summary
 
 
+def stream_dims(config: dict) -> list[int]:
+    """The feature dimension of each of a run's streams."""
+    fusion = Fusion.from_config(config)
+    return list(fusion.input_dims) if fusion is not None else [config["input_dim"]]
+
+
 def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
     """The trained head (eval mode) and the run's config, e.g. for ``predict``."""
     run_dir = Path(run_dir)
     config = _read_json(run_dir / CONFIG)
     if config.get("format") != RUN_FORMAT:
         raise RunError(f"{run_dir} has run format {config.get('format')}; this vidfeat reads format {RUN_FORMAT}")
-    model = create_head(config["head"], config["input_dim"], config["num_classes"], **config["head_options"])
+    model = create_model(config["head"], stream_dims(config), config["num_classes"], config["head_options"],
+                         Fusion.from_config(config))
     checkpoint = run_dir / config["checkpoint"]
     if not checkpoint.exists():
         raise RunError(f"{checkpoint} is missing; the run directory is incomplete, train it again")
@@ -429,74 +516,107 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[n
     return model.to(device).eval(), config
 
 
-def check_provenance(config: dict, provenance: dict, classes: list[str] | None, store_label: str) -> None:
-    """Refuse features that mean something else than what the run was trained on, naming each differing field.
-    ``classes``: the store's class list, or None for a store of unlabelled videos (predict's)."""
+def check_provenance(
+    config: dict, provenance: dict, classes: list[str] | None, store_label: str, stream: int = 0
+) -> None:
+    """Refuse features that mean something else than what the run's ``stream``-th store held, naming each differing
+    field. ``classes``: the store's class list, or None for a store of unlabelled videos (predict's)."""
+    record = feature_records(config)[stream]
     check_representation(
-        config["features"]["provenance"], provenance, store_label,
-        f"Evaluate with the run's store ({config['features']['path']}) or extract one with the same backbone, "
+        record["provenance"], provenance, store_label,
+        f"Evaluate with the run's store ({record['path']}) or extract one with the same backbone, "
         "weights, preprocessing and sampling.",
         config["classes"], classes,
     )
 
 
-def evaluate_run(
-    run_dir: str | Path, features_path: StorePath | None = None, *, device: str | None = None
-) -> dict:
-    """Re-score a run on the test split of its fold, from the recorded store or ``features_path``.
+def _scoring_paths(config: dict, features_path: StorePath | Streams | None) -> list[StorePath]:
+    """The stores to score a run on: its own, or the ones given, one per stream."""
+    recorded = [record["path"] for record in feature_records(config)]
+    if features_path is None:
+        return recorded
+    paths = stream_paths(features_path)
+    if len(paths) != len(recorded):
+        raise UserError(f"the run was trained on {len(recorded)} store(s) ({', '.join(map(store_name, recorded))}); "
+                        f"give one --features per stream, in that order, not {len(paths)}")
+    return paths
 
-    Raises ``ProvenanceMismatch`` when that store was made with another backbone, weights, feature
-    dimension, preprocessing or sampling, or has other classes.
+
+def evaluate_run(
+    run_dir: str | Path, features_path: StorePath | Streams | None = None, *, device: str | None = None
+) -> dict:
+    """Re-score a run on the test split of its fold, from the recorded store(s) or ``features_path`` (for a
+    multi-stream run, ``Streams`` of one store per stream, in the run's order).
+
+    Raises ``ProvenanceMismatch`` when a store was made with another backbone, weights, feature
+    dimension, preprocessing or sampling than the run's store of that stream, or has other classes.
     """
     device = torch.device(device) if device else default_device()
     model, config = load_run(run_dir, device)
-    path = features_path if features_path is not None else config["features"]["path"]
-    with open_store(path) as store:
-        check_provenance(config, dict(store.attrs), store.classes, f"store {path}")
-        test_keys = select_keys(store, "test", config["fold"])
+    paths = _scoring_paths(config, features_path)
+    with ExitStack() as stack:
+        stores = [stack.enter_context(open_store(p)) for p in paths]
+        for stream, (path, store) in enumerate(zip(paths, stores)):
+            check_provenance(config, dict(store.attrs), store.classes, f"store {store_name(path)}", stream)
+        check_aligned(stores, [store_name(p) for p in paths])
+        test_keys = select_keys(stores[0], "test", config["fold"])
         if not test_keys:
-            raise UserError(f"store {path} has no labelled test videos in fold {config['fold']}; nothing to score")
-        labels = class_indices(store, test_keys)
+            raise UserError(f"store {store_name(paths[0])} has no labelled test videos in fold {config['fold']}; "
+                            "nothing to score")
+        labels = class_indices(stores[0], test_keys)
     sampling = config["sampling"]
-    source, regions, spatial = load_sources(path, test_keys, [config["head"]])
+    source, regions, spatial = load_rows(paths, test_keys, [config["head"]])
     test_set = SequenceDataset(
         source, labels, segments=sampling["segments"], mode=sampling["mode"], train=False,
         num_clips=sampling["eval_clips"], regions=regions, spatial=spatial,
     )
     metrics = evaluate(model, test_set, config["classes"], device=device)
-    metrics.update(split="test", fold=config["fold"], head=config["head"], features=resolve_store_path(path))
+    resolved = [resolve_store_path(p) for p in paths]
+    metrics.update(split="test", fold=config["fold"], head=config["head"],
+                   features=resolved[0] if len(resolved) == 1 else resolved)
     return metrics
 
 
+def _check_prediction_inputs(config: dict, streams: Sequence[Sequence[np.ndarray]], regions, spatial) -> None:
+    """Each stream's arrays have the run's feature dimension for it, and a region or spatial head has its extras."""
+    provenance = feature_records(config)[0]["provenance"]
+    for arrays, dim in zip(streams, stream_dims(config)):
+        dims = {int(s.shape[1]) for s in arrays}
+        if dims != {dim}:
+            raise UserError(f"the run expects {dim}-d features, got {sorted(dims)}; extract with the run's backbone")
+    count = len(streams[0])
+    if uses_regions(config["head"]) and (regions is None or len(regions) != count):
+        raise UserError(
+            f"the {config['head']!r} run needs the region features of every video; extract them with the run's "
+            f"RoI settings ({json.dumps(provenance.get('rois'))})"
+        )
+    if uses_spatial(config["head"]) and (spatial is None or len(spatial) != count):
+        raise UserError(
+            f"the {config['head']!r} run needs the spatial grid of every video; extract it with the run's grid "
+            f"settings ({json.dumps(provenance.get('spatial'))})"
+        )
+
+
 def predict_sequences(
-    model: nn.Module, config: dict, sequences: Sequence[np.ndarray], regions: Sequence[Regions] | None = None,
-    spatial: Sequence[np.ndarray] | None = None,
+    model: nn.Module, config: dict, sequences: Sequence[np.ndarray] | Sequence[Sequence[np.ndarray]],
+    regions: Sequence[Regions] | None = None, spatial: Sequence[np.ndarray] | None = None,
 ) -> np.ndarray:
-    """``[N, C]`` class probabilities for ``[T, D]`` feature arrays, sampled the way the run evaluates.
+    """``[N, C]`` class probabilities for ``[T, D]`` feature arrays, sampled the way the run evaluates. For a
+    multi-stream run ``sequences`` holds one such list per stream, in the run's stream order (video ``i`` of each).
 
     A region head (``gcn``) also needs each video's ``(roi_features, boxes, roi_mask)`` as ``store.rois`` gives them,
     a spatial head (``timesformer``, ``eco``) each video's grid as ``store.spatial`` gives it.
     """
-    dims = {int(s.shape[1]) for s in sequences}
-    if dims != {config["input_dim"]}:
-        raise UserError(
-            f"the run expects {config['input_dim']}-d features, got {sorted(dims)}; extract with the run's backbone"
-        )
-    if uses_regions(config["head"]) and (regions is None or len(regions) != len(sequences)):
-        raise UserError(
-            f"the {config['head']!r} run needs the region features of every video; extract them with the run's "
-            f"RoI settings ({json.dumps(config['features']['provenance'].get('rois'))})"
-        )
-    if uses_spatial(config["head"]) and (spatial is None or len(spatial) != len(sequences)):
-        raise UserError(
-            f"the {config['head']!r} run needs the spatial grid of every video; extract it with the run's grid "
-            f"settings ({json.dumps(config['features']['provenance'].get('spatial'))})"
-        )
-    source = SequenceSource.from_arrays(sequences)
+    streams = [sequences] if Fusion.from_config(config) is None else list(sequences)
+    if len(streams) != len(stream_dims(config)):
+        raise UserError(f"the run has {len(stream_dims(config))} streams; give one list of arrays per stream, "
+                        f"not {len(streams)}")
+    _check_prediction_inputs(config, streams, regions, spatial)
+    source = SequenceSource.from_arrays(streams[0]) if len(streams) == 1 else JoinedSource.from_arrays(streams)
     sampling = config["sampling"]
     dataset = SequenceDataset(
         source,
-        [0] * len(sequences),
+        [0] * len(source),
         segments=sampling["segments"],
         mode=sampling["mode"],
         train=False,
@@ -513,6 +633,12 @@ def configuration_label(config: dict) -> str:
     options that differ from their defaults (seed and fold left out, so repeats of a configuration share it)."""
     head = config["head"]
     changed = {k: v for k, v in config["head_options"].items() if head_defaults(head).get(k, v) != v}
+    fusion = Fusion.from_config(config)
+    if fusion is not None:
+        changed["fusion"] = fusion.mode
+        planned = Fusion.plan(fusion.mode, None, head, len(fusion.input_dims))
+        if fusion.weights != planned.weights:
+            changed["fusion_weights"] = ",".join(f"{w:g}" for w in fusion.weights)
     if head != "logreg":
         defaults = asdict(TrainConfig.from_options(training_defaults(head)))
         changed.update({k: v for k, v in config["training"].items() if k != "seed" and defaults.get(k) != v})

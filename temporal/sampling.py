@@ -97,3 +97,12 @@ def sample_indices(
         return window_indices(length, k, rng=rng, clip=clip, num_clips=num_clips)
     _check(length, k, clip, num_clips)
     return np.arange(length)
+
+
+def map_steps(steps: np.ndarray, length: int, to_length: int) -> np.ndarray:
+    """The steps of a ``to_length``-step sequence at the same relative positions as ``steps`` of a ``length``-step
+    one (the centre of step ``i`` is at ``(i + 0.5) / length``), in integers: two streams of one video with different
+    row counts (a flow store's one row fewer, another fps) are read at the same moments. Identity when the lengths
+    are equal."""
+    steps = np.asarray(steps, dtype=np.int64)
+    return np.minimum((2 * steps + 1) * to_length // (2 * length), to_length - 1)

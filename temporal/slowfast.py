@@ -8,6 +8,10 @@ channels, the fast one every step at ``beta * width``. Before each slow block a 
 fast features to the slow rate, by the paper's time-strided convolution (kernel 5, stride ``alpha``, ``2 beta
 width`` channels), or by taking every ``alpha``-th fast step (its time-strided sampling), and is concatenated to
 the slow features and projected back to ``width``. The readout concatenates the masked mean of each pathway.
+
+On two stores of the same videos at two frame rates (``fusion=slowfast``, :mod:`vidfeat.temporal.fusion`) each
+step is the two stores' rows side by side, and the slow pathway reads the first store's part, the fast pathway
+the second's, instead of both reading one sequence.
 """
 from __future__ import annotations
 
@@ -42,12 +46,13 @@ class SlowFastHead(nn.Module):
     channels) of temporal convolution blocks, lateral connections fast -> slow, both pathways' means concatenated.
 
     Padded steps are zeroed before every convolution, so padding never changes the logits; a video shorter than
-    ``alpha`` steps still has its first step in the slow pathway.
+    ``alpha`` steps still has its first step in the slow pathway. ``input_dim`` = ``(slow_dim, fast_dim)``: each step
+    is a slow-rate store's row and a fast-rate store's side by side, and each pathway reads its own.
     """
 
     def __init__(
         self,
-        input_dim: int,
+        input_dim: int | tuple[int, int],
         num_classes: int,
         alpha: int = 4,
         beta: float = 0.25,
@@ -66,7 +71,10 @@ class SlowFastHead(nn.Module):
             raise UserError(f"slowfast lateral must be one of {', '.join(LATERALS)}, got {lateral!r}")
         fast = max(1, round(beta * width))
         self.alpha = alpha
-        self.slow_proj, self.fast_proj = nn.Linear(input_dim, width), nn.Linear(input_dim, fast)
+        two_rates = isinstance(input_dim, (tuple, list))
+        slow_dim, fast_dim = input_dim if two_rates else (input_dim, input_dim)
+        self.split = slow_dim if two_rates else None  # where the fast store's part of a joined step starts
+        self.slow_proj, self.fast_proj = nn.Linear(slow_dim, width), nn.Linear(fast_dim, fast)
         self.slow_blocks = nn.ModuleList(TemporalBlock(width, kernel_size, 1, False, dropout) for _ in range(depth))
         self.fast_blocks = nn.ModuleList(TemporalBlock(fast, kernel_size, 1, False, dropout) for _ in range(depth))
         self.laterals = nn.ModuleList(_Lateral(lateral, fast, alpha) for _ in range(depth)) if lateral != "none" else None
@@ -81,7 +89,8 @@ class SlowFastHead(nn.Module):
                              f"{mask.dtype} {tuple(mask.shape)}")
         slow_mask = mask[:, :: self.alpha]
         keep_fast, keep_slow = mask.to(x.dtype).unsqueeze(-1), slow_mask.to(x.dtype).unsqueeze(-1)
-        fast, slow = self.fast_proj(x), self.slow_proj(x[:, :: self.alpha])
+        slow_x, fast_x = (x, x) if self.split is None else (x[..., : self.split], x[..., self.split:])
+        fast, slow = self.fast_proj(fast_x), self.slow_proj(slow_x[:, :: self.alpha])
         for level, (slow_block, fast_block) in enumerate(zip(self.slow_blocks, self.fast_blocks)):
             if self.laterals is not None:
                 lateral = self.laterals[level](fast * keep_fast)

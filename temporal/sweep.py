@@ -2,7 +2,8 @@
 
 The store is read once; its rows are written to ``.npy`` files in a temporary directory and memory-mapped, so
 the ``jobs`` worker processes share one copy of the cache (the page cache) instead of each loading its own.
-Every run is an ordinary :func:`~vidfeat.temporal.runs.train_run` into ``OUT/<configuration>/seed<S>-fold<F>``,
+On ``Streams`` of several stores every run is a multi-stream run, all streams read once. Every run is an ordinary
+:func:`~vidfeat.temporal.runs.train_run` into ``OUT/<configuration>/seed<S>-fold<F>``,
 so a run directory is the same as ``train-temporal``'s. A rerun skips finished runs and redoes unfinished ones
 from scratch. The grid is recorded in ``OUT/sweep.json``; ``compare OUT`` ranks the configurations.
 """
@@ -24,10 +25,17 @@ from vidfeat.features.errors import UserError
 from vidfeat.temporal.data import resolve_store_path
 from vidfeat.temporal.heads import head_defaults, list_heads, resolve_options
 from vidfeat.temporal.runs import SWEEP_FILE, RunData, run_finished, train_run
+from vidfeat.temporal.streams import Streams, stream_paths
 from vidfeat.temporal.training import TrainConfig
 
 RUN_SETTINGS = ("epochs", "segments", "sample_mode", "eval_clips", "val_fraction")
 """train_run keywords a grid may fix for all its runs."""
+FUSION_OPTIONS = ("fusion", "fusion_weights")
+"""train_run keywords of multi-stream runs that a grid sweeps like head options, for every head."""
+
+
+def _accepts(head: str, option: str) -> bool:
+    return option in head_defaults(head) or option in FUSION_OPTIONS
 
 
 @dataclass
@@ -109,11 +117,10 @@ class SweepGrid:
         return cls.from_dict(spec)
 
     def _head_grid(self, head: str) -> dict[str, list]:
-        accepted = head_defaults(head)
         picked = {}
         for name, values in self.head_options.items():
             scope, _, option = name.rpartition(".")
-            if (scope == head) or (not scope and option in accepted):
+            if (scope == head) or (not scope and _accepts(head, option)):
                 picked[option] = values
         return picked
 
@@ -125,7 +132,7 @@ class SweepGrid:
             scope, _, option = name.rpartition(".")
             if scope and scope not in self.heads:
                 raise UserError(f"head option {name!r} is for head {scope!r}, which the grid does not sweep")
-            if not scope and not any(option in head_defaults(h) for h in self.heads):
+            if not scope and not any(_accepts(h, option) for h in self.heads):
                 raise UserError(f"no head in the grid ({', '.join(self.heads)}) has an option {option!r}")
         TrainConfig.from_options({k: v[0] for k, v in self.train_options.items()})
         bad = sorted(set(self.settings) - set(RUN_SETTINGS))
@@ -140,7 +147,7 @@ class SweepGrid:
             head_grid = self._head_grid(head)
             for head_values in itertools.product(*head_grid.values()):
                 options = dict(zip(head_grid, head_values))
-                resolve_options(head, options)
+                resolve_options(head, {k: v for k, v in options.items() if k not in FUSION_OPTIONS})
                 for train_values in itertools.product(*self.train_options.values()):
                     train_options = dict(zip(self.train_options, train_values))
                     for seed, fold in itertools.product(self.seeds, self.folds):
@@ -159,7 +166,7 @@ class SweepResult:
     out_dir: Path
 
 
-def _train_one(features_path: StorePath, run: SweepRun, root: Path, data: RunData, settings: dict, device) -> dict:
+def _train_one(features_path: StorePath | Streams, run: SweepRun, root: Path, data: RunData, settings: dict, device) -> dict:
     return train_run(
         features_path, run.head, run.directory(root), fold=run.fold, seed=run.seed, train_options=run.train_options,
         device=device, progress=False, data=data, **settings, **run.head_options,
@@ -175,9 +182,10 @@ def _pending(runs: Sequence[SweepRun], root: Path) -> list[SweepRun]:
     return pending
 
 
-def _record_grid(grid: SweepGrid, root: Path, features_path: StorePath) -> None:
+def _record_grid(grid: SweepGrid, root: Path, features_path: StorePath | Streams) -> None:
     """Write the grid to ``sweep.json``; a directory swept before with another grid or store is refused."""
-    record = {"features": resolve_store_path(features_path), "grid": asdict(grid)}
+    stores = [resolve_store_path(p) for p in stream_paths(features_path)]
+    record = {"features": stores if isinstance(features_path, Streams) else stores[0], "grid": asdict(grid)}
     path = root / SWEEP_FILE
     if path.exists():
         previous = json.loads(path.read_text())
@@ -191,9 +199,11 @@ def _record_grid(grid: SweepGrid, root: Path, features_path: StorePath) -> None:
 
 
 def run_sweep(
-    features_path: StorePath, grid: SweepGrid, out_dir: str | Path, *, jobs: int = 1, device: str | None = None
+    features_path: StorePath | Streams, grid: SweepGrid, out_dir: str | Path, *, jobs: int = 1,
+    device: str | None = None,
 ) -> SweepResult:
-    """Train every run of ``grid`` not finished yet into ``out_dir``, ``jobs`` at a time, on one shared cache."""
+    """Train every run of ``grid`` not finished yet into ``out_dir``, ``jobs`` at a time, on one shared cache (on
+    ``Streams``, multi-stream runs, whose ``fusion`` and ``fusion_weights`` the grid sweeps like head options)."""
     root = Path(out_dir)
     runs = grid.runs()
     _record_grid(grid, root, features_path)

@@ -143,6 +143,13 @@ class _Optimisation:
                    nn.CrossEntropyLoss(label_smoothing=config.label_smoothing), use_amp,
                    np.random.default_rng(config.seed))
 
+    def _loss(self, logits: torch.Tensor, y: torch.Tensor, lam: float, partner: torch.Tensor | None) -> torch.Tensor:
+        """The criterion on ``logits``, mixed with the partners' labels under mixup."""
+        loss = self.criterion(logits.float(), y)
+        if partner is not None:
+            loss = lam * loss + (1 - lam) * self.criterion(logits.float(), y[partner])
+        return loss
+
     def step(self, model: nn.Module, batch: Batch, config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
         """One update on ``batch`` (mixed with a permutation of itself under mixup); returns (loss, logits)."""
         x, mask, y = batch.x, batch.mask, batch.y
@@ -153,10 +160,15 @@ class _Optimisation:
             x = lam * x + (1 - lam) * x[partner]
             mask = mask | mask[partner]
         with torch.autocast(x.device.type, dtype=torch.float16, enabled=self.use_amp):
-            logits = model(x, mask, **batch.extras)
-            loss = self.criterion(logits.float(), y)
-            if partner is not None:
-                loss = lam * loss + (1 - lam) * self.criterion(logits.float(), y[partner])
+            if hasattr(model, "stream_logits"):  # late fusion: each stream's head is trained on its own loss
+                parts = model.stream_logits(x, mask, **batch.extras)
+                logits = model.fuse(parts)
+            else:
+                logits = model(x, mask, **batch.extras)
+                parts = [logits]
+            loss = self._loss(parts[0], y, lam, partner)
+            for part in parts[1:]:
+                loss = loss + self._loss(part, y, lam, partner)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if config.grad_clip > 0:
