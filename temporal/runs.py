@@ -419,16 +419,12 @@ def train_run(
     fusion_weights: str | Sequence[float] | None = None,
     **head_options,
 ) -> dict:
-    """Train ``head`` on fold ``fold`` of the store, score it on the test split and write a run directory.
-
-    ``features_path`` = ``Streams([rgb, flow])``: several aligned stores (:mod:`vidfeat.temporal.streams`), combined
-    by ``fusion`` (``late``, the default, ``concat``, ``slowfast``) with late fusion's ``fusion_weights`` (``"1,1.5"``
-    or a list, one per stream; TSN's 1:1.5 for two), see :mod:`vidfeat.temporal.fusion`. ``train_options`` overrides :class:`TrainConfig` fields (lr, batch_size, mixup, ...), on top of the head's
-    own recipe (:func:`~vidfeat.temporal.heads.training_defaults`, e.g. gcn's higher lr); ``epochs`` and
-    ``seed`` are shortcuts for the common ones. ``logreg`` always pools every step of a video (sampling
-    mode ``all``). ``data``: the store already loaded (a sweep's, shared by its runs), else it is read here.
-    Returns the comparison row (see :func:`compare_runs`).
-    """
+    """Train ``head`` on fold ``fold`` of the store, score it on the test split, write a run directory and return
+    its comparison row (:func:`compare_runs`). ``Streams([rgb, flow])``: aligned stores combined by ``fusion``
+    (late, the default; concat; slowfast) with late's ``fusion_weights`` (TSN's 1:1.5 for two; see
+    :mod:`vidfeat.temporal.fusion`). ``train_options`` override :class:`TrainConfig` fields on top of the head's
+    recipe (:func:`~vidfeat.temporal.heads.training_defaults`); ``epochs`` and ``seed`` are shortcuts. ``logreg``
+    pools every step. ``data``: the store already loaded (a sweep's, shared by its runs)."""
     out_dir = Path(out_dir)
     shortcuts = {"seed": seed, **({"epochs": epochs} if epochs is not None else {})}
     config = TrainConfig.from_options({**training_defaults(head), **(train_options or {}), **shortcuts})
