@@ -8,6 +8,9 @@ channels, the fast one every step at ``beta * width``. Before each slow block a 
 fast features to the slow rate, by the paper's time-strided convolution (kernel 5, stride ``alpha``, ``2 beta
 width`` channels), or by taking every ``alpha``-th fast step (its time-strided sampling), and is concatenated to
 the slow features and projected back to ``width``. The readout concatenates the masked mean of each pathway.
+
+``pathways="slow"`` is the paper's *slow-only* ablation: the slow pathway alone, without the fast pathway and the
+laterals, so what the fast rate adds can be measured on the same options and recipe.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from vidfeat.temporal.layers import TemporalBlock, masked_mean
 
 LATERALS = ("conv", "sample", "none")
 LATERAL_KERNEL = 5  # the paper's time-strided convolution: 5x1x1, stride alpha
+PATHWAYS = ("both", "slow")
 
 
 class _Lateral(nn.Module):
@@ -42,7 +46,8 @@ class SlowFastHead(nn.Module):
     channels) of temporal convolution blocks, lateral connections fast -> slow, both pathways' means concatenated.
 
     Padded steps are zeroed before every convolution, so padding never changes the logits; a video shorter than
-    ``alpha`` steps still has its first step in the slow pathway.
+    ``alpha`` steps still has its first step in the slow pathway. ``pathways="slow"`` keeps only the slow pathway
+    (``beta`` and ``lateral`` are then unused).
     """
 
     def __init__(
@@ -57,6 +62,7 @@ class SlowFastHead(nn.Module):
         lateral: str = "conv",
         dropout: float = 0.1,
         head_dropout: float = 0.5,
+        pathways: str = "both",
     ) -> None:
         super().__init__()
         if alpha < 1 or depth < 1 or width < 1 or not 0 < beta <= 1:
@@ -64,24 +70,37 @@ class SlowFastHead(nn.Module):
                             f"depth={depth}, width={width}, beta={beta}")
         if lateral not in LATERALS:
             raise UserError(f"slowfast lateral must be one of {', '.join(LATERALS)}, got {lateral!r}")
-        fast = max(1, round(beta * width))
+        if pathways not in PATHWAYS:
+            raise UserError(f"slowfast pathways must be one of {', '.join(PATHWAYS)}, got {pathways!r}")
+        if pathways == "slow":
+            fast, lateral = 0, "none"
+        else:
+            fast = max(1, round(beta * width))
         self.alpha = alpha
-        self.slow_proj, self.fast_proj = nn.Linear(input_dim, width), nn.Linear(input_dim, fast)
+        self.slow_proj = nn.Linear(input_dim, width)
+        self.fast_proj = nn.Linear(input_dim, fast) if fast else None
         self.slow_blocks = nn.ModuleList(TemporalBlock(width, kernel_size, 1, False, dropout) for _ in range(depth))
-        self.fast_blocks = nn.ModuleList(TemporalBlock(fast, kernel_size, 1, False, dropout) for _ in range(depth))
+        self.fast_blocks = nn.ModuleList(TemporalBlock(fast, kernel_size, 1, False, dropout)
+                                         for _ in range(depth if fast else 0))
         self.laterals = nn.ModuleList(_Lateral(lateral, fast, alpha) for _ in range(depth)) if lateral != "none" else None
         self.fuse = nn.ModuleList(nn.Linear(width + lat.channels, width) for lat in self.laterals or ())
         self.dropout = nn.Dropout(head_dropout)
         self.fc = nn.Linear(width + fast, num_classes)
 
-    def pathways(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-        """The masked means ``([B, width], [B, beta * width])`` of the slow and the fast pathway."""
+    def pathways(self, x: Tensor, mask: Tensor) -> tuple[Tensor, ...]:
+        """The masked means ``([B, width], [B, beta * width])`` of the slow and the fast pathway; only the slow
+        one's with ``pathways="slow"``."""
         if x.dim() != 3 or mask.shape != x.shape[:2] or mask.dtype != torch.bool:
             raise ValueError(f"slowfast expects x [B, T, D] and a bool mask [B, T], got {tuple(x.shape)} and "
                              f"{mask.dtype} {tuple(mask.shape)}")
         slow_mask = mask[:, :: self.alpha]
-        keep_fast, keep_slow = mask.to(x.dtype).unsqueeze(-1), slow_mask.to(x.dtype).unsqueeze(-1)
-        fast, slow = self.fast_proj(x), self.slow_proj(x[:, :: self.alpha])
+        keep_slow = slow_mask.to(x.dtype).unsqueeze(-1)
+        slow = self.slow_proj(x[:, :: self.alpha])
+        if self.fast_proj is None:
+            for block in self.slow_blocks:
+                slow = block(slow, keep_slow)
+            return (masked_mean(slow, slow_mask),)
+        keep_fast, fast = mask.to(x.dtype).unsqueeze(-1), self.fast_proj(x)
         for level, (slow_block, fast_block) in enumerate(zip(self.slow_blocks, self.fast_blocks)):
             if self.laterals is not None:
                 lateral = self.laterals[level](fast * keep_fast)
