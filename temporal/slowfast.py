@@ -12,6 +12,9 @@ the slow features and projected back to ``width``. The readout concatenates the 
 On two stores of the same videos at two frame rates (``fusion=slowfast``, :mod:`vidfeat.temporal.fusion`) each
 step is the two stores' rows side by side, and the slow pathway reads the first store's part, the fast pathway
 the second's, instead of both reading one sequence.
+
+``pathways="slow"`` is the paper's *slow-only* ablation: the slow pathway alone, without the fast pathway and the
+laterals, so what the fast rate adds can be measured on the same options and recipe.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ from vidfeat.temporal.layers import TemporalBlock, masked_mean
 
 LATERALS = ("conv", "sample", "none")
 LATERAL_KERNEL = 5  # the paper's time-strided convolution: 5x1x1, stride alpha
+PATHWAYS = ("both", "slow")
 
 
 class _Lateral(nn.Module):
@@ -48,6 +52,7 @@ class SlowFastHead(nn.Module):
     Padded steps are zeroed before every convolution, so padding never changes the logits; a video shorter than
     ``alpha`` steps still has its first step in the slow pathway. ``input_dim`` = ``(slow_dim, fast_dim)``: each step
     is a slow-rate store's row and a fast-rate store's side by side, and each pathway reads its own.
+    ``pathways="slow"`` keeps only the slow pathway (``beta`` and ``lateral`` are then unused).
     """
 
     def __init__(
@@ -62,6 +67,7 @@ class SlowFastHead(nn.Module):
         lateral: str = "conv",
         dropout: float = 0.1,
         head_dropout: float = 0.5,
+        pathways: str = "both",
     ) -> None:
         super().__init__()
         if alpha < 1 or depth < 1 or width < 1 or not 0 < beta <= 1:
@@ -69,28 +75,41 @@ class SlowFastHead(nn.Module):
                             f"depth={depth}, width={width}, beta={beta}")
         if lateral not in LATERALS:
             raise UserError(f"slowfast lateral must be one of {', '.join(LATERALS)}, got {lateral!r}")
-        fast = max(1, round(beta * width))
+        if pathways not in PATHWAYS:
+            raise UserError(f"slowfast pathways must be one of {', '.join(PATHWAYS)}, got {pathways!r}")
+        if pathways == "slow":
+            fast, lateral = 0, "none"
+        else:
+            fast = max(1, round(beta * width))
         self.alpha = alpha
         two_rates = isinstance(input_dim, (tuple, list))
         slow_dim, fast_dim = input_dim if two_rates else (input_dim, input_dim)
         self.split = slow_dim if two_rates else None  # where the fast store's part of a joined step starts
-        self.slow_proj, self.fast_proj = nn.Linear(slow_dim, width), nn.Linear(fast_dim, fast)
+        self.slow_proj = nn.Linear(slow_dim, width)
+        self.fast_proj = nn.Linear(fast_dim, fast) if fast else None
         self.slow_blocks = nn.ModuleList(TemporalBlock(width, kernel_size, 1, False, dropout) for _ in range(depth))
-        self.fast_blocks = nn.ModuleList(TemporalBlock(fast, kernel_size, 1, False, dropout) for _ in range(depth))
+        self.fast_blocks = nn.ModuleList(TemporalBlock(fast, kernel_size, 1, False, dropout)
+                                         for _ in range(depth if fast else 0))
         self.laterals = nn.ModuleList(_Lateral(lateral, fast, alpha) for _ in range(depth)) if lateral != "none" else None
         self.fuse = nn.ModuleList(nn.Linear(width + lat.channels, width) for lat in self.laterals or ())
         self.dropout = nn.Dropout(head_dropout)
         self.fc = nn.Linear(width + fast, num_classes)
 
-    def pathways(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-        """The masked means ``([B, width], [B, beta * width])`` of the slow and the fast pathway."""
+    def pathways(self, x: Tensor, mask: Tensor) -> tuple[Tensor, ...]:
+        """The masked means ``([B, width], [B, beta * width])`` of the slow and the fast pathway; only the slow
+        one's with ``pathways="slow"``."""
         if x.dim() != 3 or mask.shape != x.shape[:2] or mask.dtype != torch.bool:
             raise ValueError(f"slowfast expects x [B, T, D] and a bool mask [B, T], got {tuple(x.shape)} and "
                              f"{mask.dtype} {tuple(mask.shape)}")
         slow_mask = mask[:, :: self.alpha]
-        keep_fast, keep_slow = mask.to(x.dtype).unsqueeze(-1), slow_mask.to(x.dtype).unsqueeze(-1)
+        keep_slow = slow_mask.to(x.dtype).unsqueeze(-1)
         slow_x, fast_x = (x, x) if self.split is None else (x[..., : self.split], x[..., self.split:])
-        fast, slow = self.fast_proj(fast_x), self.slow_proj(slow_x[:, :: self.alpha])
+        slow = self.slow_proj(slow_x[:, :: self.alpha])
+        if self.fast_proj is None:
+            for block in self.slow_blocks:
+                slow = block(slow, keep_slow)
+            return (masked_mean(slow, slow_mask),)
+        keep_fast, fast = mask.to(x.dtype).unsqueeze(-1), self.fast_proj(fast_x)
         for level, (slow_block, fast_block) in enumerate(zip(self.slow_blocks, self.fast_blocks)):
             if self.laterals is not None:
                 lateral = self.laterals[level](fast * keep_fast)

@@ -1,9 +1,13 @@
-"""Synthetic feature stores: order-only ramps for tests and demos, random caches for benchmarks.
+"""Synthetic feature stores: order-only ramps and fast events for tests and demos, random caches for benchmarks.
 
 ``ramp`` stores make classes that differ *only* in temporal order: every video is a monotone ramp
 along a fixed direction ``u`` plus noise, rising for ``up`` and falling for ``down``. The set of
 feature values (and so their mean and std) has the same distribution for both classes, so
 order-blind heads (``mean``, ``logreg``) stay at chance while sequence heads can read the direction.
+
+``fast_event`` stores are the cached-feature twin of the ``fast_event`` video dataset
+(:mod:`vidfeat.pipelines.motion`): a slowly drifting sequence with a two-step event, ``a`` then ``b`` or ``b``
+then ``a``, at a time that every ``alpha``-th step never sees.
 """
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ import numpy as np
 from vidfeat.features import VideoRecord, write_store
 
 RAMP_CLASSES = ["down", "up"]
+EVENT_CLASSES = ["a_then_b", "b_then_a"]
 
 
 def _splits(index: int, n_classes: int, n_folds: int) -> tuple[str, ...]:
@@ -128,3 +133,35 @@ def _random_record(
         spatial=rng.standard_normal((steps, grid * grid, dim), dtype=np.float32).astype(np.float16) if grid else None,
         **regions,
     )
+
+
+def write_fast_event_store(
+    path: str | os.PathLike, *, videos: int = 160, steps: int = 16, dim: int = 16, alpha: int = 4,
+    noise: float = 0.3, strength: float = 3.0, seed: int = 0,
+) -> Path:
+    """Two classes told apart only by the order of two consecutive steps; returns ``path``.
+
+    Each pair of videos shares a slow drift (a random start plus a slow ramp, plus noise) and an event time ``t``
+    with neither ``t`` nor ``t + 1`` a multiple of ``alpha``; ``a_then_b`` adds the event vector ``a`` at step
+    ``t`` and ``b`` at ``t + 1`` (``strength`` times a standard normal vector each), ``b_then_a`` the other way
+    round. Every ``alpha``-th step is the same in both
+    videos of a pair, so SlowFast's slow-only ablation is exactly at chance; ``videos`` must be even."""
+    rng = np.random.default_rng(seed)
+    events = strength * rng.standard_normal((2, dim))
+    starts = [t for t in range(steps - 1) if t % alpha and (t + 1) % alpha]
+    records = []
+    for pair in range(videos // 2):
+        drift = rng.standard_normal(dim) + np.linspace(0, 1, steps)[:, None] * rng.standard_normal(dim)
+        slow = drift + noise * rng.standard_normal((steps, dim))
+        t = int(rng.choice(starts))
+        for label, (first, second) in zip(EVENT_CLASSES, (events, events[::-1])):
+            feats = slow.copy()
+            feats[t] += first
+            feats[t + 1] += second
+            records.append(VideoRecord(
+                key=f"{label}/v{pair:04d}", features=feats.astype(np.float32), timestamps=np.arange(steps) / 8.0,
+                frame_indices=np.arange(steps, dtype=np.int64), label=label,
+                splits=_splits(2 * pair, len(EVENT_CLASSES), 1),
+            ))
+    write_store(path, records, synthetic_provenance(dim, EVENT_CLASSES, 1, "float32", "fast_event"))
+    return Path(path)

@@ -41,3 +41,30 @@ def mount_tmpfs(tmp_path):
     yield mount
     for point in reversed(mounted):
         subprocess.run(["umount", str(point)], check=True)
+
+
+MOTION_TEST_SIZES = {"random_dots": (3, 1, 3), "kind_motion": (3, 1, 3)}  # train, val, test videos per class
+
+
+@pytest.fixture(scope="session")
+def motion_rgb_store(tmp_path_factory):
+    """``motion_rgb_store(task)``: the generated motion task (``vidfeat.pipelines.motion``) at MOTION_TEST_SIZES,
+    extracted with the default backbone (every frame a row) once per session, for every test that needs it."""
+    from click.testing import CliRunner
+
+    from vidfeat.pipelines.cli import main
+    from vidfeat.pipelines.motion import write_motion_task
+
+    root, stores = tmp_path_factory.mktemp("motion"), {}
+
+    def store(task: str) -> Path:
+        if task not in stores:
+            listing = write_motion_task(root / task, task, *MOTION_TEST_SIZES[task])
+            out = root / f"{task}_rgb.h5"
+            result = CliRunner().invoke(main, ["extract", "--dataset", "list", "--list", str(listing), "--out",
+                                               str(out), "--no-progress"])
+            assert result.exit_code == 0, result.output
+            stores[task] = out
+        return stores[task]
+
+    return store

@@ -56,6 +56,20 @@ def test_bad_options_say_what_is_allowed():
         create_head("slowfast", 16, 3, beta=0.0)
 
 
+def test_slow_only_drops_the_fast_pathway_and_the_laterals():
+    slow = _head(pathways="slow")
+    assert slow.fast_proj is None and len(slow.fast_blocks) == 0 and slow.laterals is None
+    assert slow.fc.in_features == 32
+    x = torch.randn(1, 12, 16)
+    off_beat = x.clone()
+    off_beat[0, 5] += 1.0  # not a multiple of alpha=4: the slow-only head never sees it
+    mask = torch.ones(1, 12, dtype=torch.bool)
+    with torch.no_grad():
+        assert torch.equal(slow(off_beat, mask), slow(x, mask))
+    with pytest.raises(UserError, match="pathways must be one of both, slow"):
+        create_head("slowfast", 16, 3, pathways="fast")
+
+
 def test_slowfast_learns_order_only_classes(tmp_path):
     """Order-only ramps (a bag of steps is at chance: mean 0.46-0.63 over seeds 0-4). slowfast with its default
     options, 20 epochs, test top-1 on seeds 0-4: 1.0, 1.0, 1.0, 1.0, 1.0."""
