@@ -641,11 +641,24 @@ def configuration_label(config: dict) -> str:
     return " ".join([head, *(f"{k}={v}" for k, v in changed.items())])
 
 
+def features_label(config: dict) -> str:
+    """The stores a run trained on, by what they hold: backbone and sampling per stream, e.g.
+    ``efficientnet_lite0+flow/farneback/hof_mbh`` or ``resnet50@4fps``."""
+    def stream(provenance: dict) -> str:
+        sampling = provenance.get("sampling") or {}
+        rates = {"fps": f"@{sampling.get('fps')}fps", "every_n": f"@every{sampling.get('n')}"}
+        rate = rates.get(sampling.get("mode"), "")
+        return f"{provenance.get('backbone')}{rate}"
+
+    return "+".join(stream(record["provenance"]) for record in feature_records(config))
+
+
 def _row(run_dir: Path, config: dict, metrics: dict) -> dict:
     return {
         "run_dir": str(run_dir),
         "head": config["head"],
         "configuration": configuration_label(config),
+        "features": features_label(config),
         "fold": config["fold"],
         "seed": config["seed"],
         "top1": metrics["top1"],
@@ -686,10 +699,13 @@ def compare_runs(run_dirs: Sequence[str | Path]) -> list[dict]:
 
 def rank_configurations(rows: list[dict]) -> list[dict]:
     """Configurations ranked by mean top-1 over their runs (seeds and folds), best first, with the sample standard
-    deviation of each metric over the runs (0 for a single run)."""
+    deviation of each metric over the runs (0 for a single run). Runs on different stores (an RGB and a flow
+    store, two backbones) are different configurations, named ``<configuration> on <stores>``."""
+    several_stores = len({row.get("features") for row in rows}) > 1
     groups: dict[str, list[dict]] = {}
     for row in rows:
-        groups.setdefault(row["configuration"], []).append(row)
+        name = row["configuration"] + (f" on {row.get('features')}" if several_stores else "")
+        groups.setdefault(name, []).append(row)
     ranking = []
     for name, members in groups.items():
         entry = {"configuration": name, "head": members[0]["head"], "runs": len(members)}

@@ -327,3 +327,20 @@ def test_a_sweep_on_two_stores_sweeps_the_fusion_like_a_head_option(pair, tmp_pa
     assert recorded == [str(p.resolve()) for p in pair]
     names = {entry["configuration"] for entry in rank_configurations(compare_runs([tmp_path / "sweep"]))}
     assert names == {"mean fusion=late epochs=2", "mean fusion=concat epochs=2"}
+
+
+def test_compare_ranks_the_same_head_on_different_stores_apart(pair, tmp_path):
+    """An RGB and a flow store (here: the pair's two stores, one re-labelled as sampled at 4 fps) trained with the
+    same head are two configurations, not repeats of one."""
+    from vidfeat.temporal.runs import rank_configurations
+
+    first, second = split_records()
+    provenance = synthetic_provenance(FLOW_DIM, CLASSES, 1, "float32", "split")
+    write_store(tmp_path / "b.h5", second, {**provenance, "sampling": {"mode": "fps", "fps": 4.0}})
+    runs = [tmp_path / "a", tmp_path / "b"]
+    for store, run in zip((pair[0], tmp_path / "b.h5"), runs):
+        train_run(store, "mean", run, epochs=1, progress=False, train_options=FAST)
+    ranking = rank_configurations(compare_runs(runs))
+    label = "mean epochs=1 batch_size=16"
+    assert sorted(e["configuration"] for e in ranking) == [f"{label} on synthetic", f"{label} on synthetic@4.0fps"]
+    assert [e["configuration"] for e in rank_configurations(compare_runs(runs[:1]))] == [label]
