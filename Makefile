@@ -23,7 +23,7 @@ RUN := $(RUNS_DIR)/$(basename $(notdir $(STORE)))_$(HEAD)$(if $(filter-out 1,$(F
 RUN_RESULT := $(RUN)/$(if $(filter all,$(FOLD)),summary.json,metrics.json)
 DEMO_HEADS := mean logreg lstm tcn transformer
 
-.PHONY: setup test extract train demo demo-relational demo-spatial bench cuda-check bench-train fuzz
+.PHONY: setup test extract train demo demo-relational demo-spatial demo-flow bench cuda-check bench-train fuzz
 
 setup: $(STAMP)
 
@@ -98,6 +98,33 @@ demo-spatial: $(SPATIAL_STORES)
 		done; \
 	done; echo "$$t:"; $(VIDFEAT) compare $(SPATIAL_RUNS)/$$t/seed*/*; done
 
+# The motion tasks (issue 12's known answers, generated under data/): an RGB store and a flow store (Farnebäck,
+# HOF/MBH) of each task in FLOW_TASKS, then the order-blind mean head (TSN consensus) on RGB, on flow and on both
+# (late fusion, RGB:flow 1:1.5), for each seed in FLOW_SEEDS, compared per task.
+FLOW_TASKS ?= random_dots kind_motion
+FLOW_SEEDS ?= 0
+FLOW_RUNS := $(RUNS_DIR)/flow
+FLOW_RGB_STORES := $(foreach t,$(FLOW_TASKS),$(FEATURES_DIR)/$(t)_$(BACKBONE).h5)
+FLOW_STORES := $(foreach t,$(FLOW_TASKS),$(FEATURES_DIR)/$(t)_flow.h5)
+
+$(FLOW_RGB_STORES): $(FEATURES_DIR)/%_$(BACKBONE).h5: | $(STAMP)
+	mkdir -p $(FEATURES_DIR)
+	$(VIDFEAT) extract --dataset $* --data-root data/$* --backbone $(BACKBONE) --out $@ || { touch -c -d @0 $@; exit 1; }
+
+$(FLOW_STORES): $(FEATURES_DIR)/%_flow.h5: | $(STAMP)
+	mkdir -p $(FEATURES_DIR)
+	$(VIDFEAT) extract --dataset $* --data-root data/$* --flow farneback --out $@ || { touch -c -d @0 $@; exit 1; }
+
+demo-flow: $(FLOW_RGB_STORES) $(FLOW_STORES)
+	rm -rf $(FLOW_RUNS)
+	set -e; for t in $(FLOW_TASKS); do for seed in $(FLOW_SEEDS); do \
+		rgb=$(FEATURES_DIR)/$${t}_$(BACKBONE).h5; flow=$(FEATURES_DIR)/$${t}_flow.h5; runs=$(FLOW_RUNS)/$$t/seed$$seed; \
+		train="$(VIDFEAT) train-temporal --head mean --segments 16 --seed $$seed --no-progress"; \
+		$$train --features $$rgb --out $$runs/rgb > /dev/null; \
+		$$train --features $$flow --out $$runs/flow > /dev/null; \
+		$$train --features $$rgb --features $$flow --out $$runs/two_stream > /dev/null; \
+	done; echo "$$t:"; $(VIDFEAT) compare $(FLOW_RUNS)/$$t/seed*/*; done
+
 demo: $(STAMP)
 	$(MAKE) --no-print-directory extract DATASET=sample
 	$(VIDFEAT) features info $(STORE)
@@ -105,6 +132,7 @@ demo: $(STAMP)
 	$(PY) -m vidfeat.pipelines.demo $(foreach head,$(DEMO_HEADS),$(RUNS_DIR)/$(basename $(notdir $(STORE)))_$(head))
 	$(MAKE) --no-print-directory demo-relational
 	$(MAKE) --no-print-directory demo-spatial
+	$(MAKE) --no-print-directory demo-flow
 
 BENCH_BACKBONES ?= efficientnet_lite0 resnet50
 

