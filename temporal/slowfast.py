@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from vidfeat.features.errors import UserError
-from vidfeat.temporal.layers import TemporalBlock, masked_mean
+from vidfeat.temporal.layers import Dropout, TemporalBlock, masked_mean
 
 LATERALS = ("conv", "sample", "none")
 LATERAL_KERNEL = 5  # the paper's time-strided convolution: 5x1x1, stride alpha
@@ -79,7 +79,7 @@ class SlowFastHead(nn.Module):
         self.fast_blocks = nn.ModuleList(TemporalBlock(fast, kernel_size, 1, False, dropout) for _ in range(depth))
         self.laterals = nn.ModuleList(_Lateral(lateral, fast, alpha) for _ in range(depth)) if lateral != "none" else None
         self.fuse = nn.ModuleList(nn.Linear(width + lat.channels, width) for lat in self.laterals or ())
-        self.dropout = nn.Dropout(head_dropout)
+        self.dropout = Dropout(head_dropout)
         self.fc = nn.Linear(width + fast, num_classes)
 
     def pathways(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
