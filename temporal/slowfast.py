@@ -38,7 +38,8 @@ class _Lateral(nn.Module):
     def forward(self, fast: Tensor) -> Tensor:
         if self.kind == "sample":
             return fast[:, :: self.alpha]
-        return torch.relu(self.conv(fast.transpose(1, 2))).transpose(1, 2)
+        with torch.autocast(fast.device.type, enabled=False):  # oneDNN's bfloat16 conv1d is slower than float32's
+            return torch.relu(self.conv(fast.float().transpose(1, 2))).transpose(1, 2)
 
 
 class SlowFastHead(nn.Module):

@@ -204,8 +204,9 @@ class _Residual3d(nn.Module):
     @staticmethod
     def _conv(conv: nn.Conv3d, norm: nn.LayerNorm, h: Tensor, keep: Tensor) -> Tensor:
         """``h [B, T, S, S, C]`` -> conv -> norm, channels last."""
-        # Under autocast only the convolution runs in reduced precision; norm and residual stay in float32.
-        return norm(conv((h * keep).permute(0, 4, 1, 2, 3)).permute(0, 2, 3, 4, 1).float())
+        # float32 even under autocast: oneDNN's bfloat16 conv3d is slower here than float32's.
+        with torch.autocast(h.device.type, enabled=False):
+            return norm(conv((h * keep).permute(0, 4, 1, 2, 3)).permute(0, 2, 3, 4, 1))
 
     def forward(self, h: Tensor, keep: Tensor) -> Tensor:
         y = torch.relu(self._conv(self.conv1, self.norm1, h, keep))
