@@ -12,6 +12,11 @@ the wall time). ``logreg`` is timed as one scikit-learn fit (pooling included) w
 (``--spatial-steps`` steps x ``--grid``\ :sup:`2` cells of ``--spatial-dim`` dims, lite0-like by default). The
 features carry no signal: this measures speed, not accuracy.
 
+Each row also shows the figures measured before training got faster (:data:`BEFORE`: main at 33b63ac, on this
+project's 2-core AVX512-BF16 machine while it was quiet, same caches and settings), and the speed-up against them.
+Training runs under bfloat16 autocast where the CPU has native bf16 (``amp``); ``--no-amp`` trains in float32, the
+precision of those earlier figures, to see that part of the gain live.
+
     python -m vidfeat.temporal.bench [--videos N] [--steps T] [--dim D] [--heads mean,lstm,...] [--skip-read]
 """
 from __future__ import annotations
@@ -32,7 +37,12 @@ from vidfeat.temporal.data import RegionSource, SequenceDataset, SpatialSource, 
 from vidfeat.temporal.heads import create_head, list_heads, uses_regions, uses_spatial
 from vidfeat.temporal.logreg import fit_logreg
 from vidfeat.temporal.synthetic import write_random_store
-from vidfeat.temporal.training import TrainConfig, count_parameters, default_device, train
+from vidfeat.temporal.training import TrainConfig, autocast_dtype, count_parameters, default_device, train
+
+BEFORE = {"mean": 1.23, "logreg": 7.0, "lstm": 8.1, "tcn": 10.8, "transformer": 9.3, "gcn": 10.8,
+          "timesformer": 24.9, "eco": 10.9}
+"""Epoch seconds (logreg: one fit) per head before the speed work (main at 33b63ac), measured earlier with this
+bench's defaults on the project's 2-core AVX512-BF16 machine while it was quiet; slowfast was not measured then."""
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -52,6 +62,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs per head, the first is a warm-up")
     parser.add_argument("--skip-read", action="store_true", help="leave out the store vs .npy read comparison")
+    parser.add_argument("--no-amp", action="store_true", help="train in float32 (no bfloat16 autocast on the CPU)")
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     parser.add_argument("--dir", type=Path, default=None, help="where to write the caches (default: a temp dir)")
     return parser.parse_args(argv)
@@ -112,7 +123,7 @@ def _bench_head(name: str, dataset: SequenceDataset, classes: int, args, device)
     if uses_spatial(name):
         options = {"spatial_dim": cache.dim, "grid": cache.grid}
     model = create_head(name, cache.dim, classes, **options)
-    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, patience=0)
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, patience=0, amp=not args.no_amp)
     cpu = time.process_time()
     result = train(model, dataset, None, config, device=device, progress=False)
     cpu_s = (time.process_time() - cpu) / args.epochs
@@ -120,6 +131,15 @@ def _bench_head(name: str, dataset: SequenceDataset, classes: int, args, device)
     epoch_times = np.diff(ends) if len(ends) > 1 else np.array(ends)
     return {"head": name, "params": count_parameters(model), "epoch_s": float(epoch_times.mean()), "cpu_s": cpu_s,
             "note": cache.note}
+
+
+def _row(row: dict, videos: int) -> str:
+    """One table line: the measured figures, then those of :data:`BEFORE` (where there are any)."""
+    before = BEFORE.get(row["head"])
+    then = (f"{before:>9.2f} {videos / before:>9.0f} {before / row['epoch_s']:>8.1f}x" if before
+            else f"{'-':>9} {'-':>9} {'-':>9}")
+    return (f"{row['head']:<12} {row['params']:>10,} {row['epoch_s']:>9.2f} {videos / row['epoch_s']:>9.0f} "
+            f"{row['cpu_s']:>7.2f}   {then}  {row['note']}")
 
 
 @dataclass(frozen=True)
@@ -178,9 +198,11 @@ def main(argv: list[str] | None = None) -> None:
     args = _parse(argv)
     device = torch.device(args.device) if args.device else default_device()
     heads = [h.strip() for h in args.heads.split(",")]
+    precision = autocast_dtype(device, not args.no_amp) or torch.float32
     print(f"device {device}, {torch.get_num_threads()} CPU threads "
           f"(OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}), "
-          f"sampling {args.sample_mode} K={args.segments}, batch {args.batch_size}")
+          f"sampling {args.sample_mode} K={args.segments}, batch {args.batch_size}, training in "
+          f"{str(precision).removeprefix('torch.')}")
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         caches: dict[Cache, list[str]] = {}
         for name in heads:
@@ -191,12 +213,12 @@ def main(argv: list[str] | None = None) -> None:
             if cache.name == "frames" and not args.skip_read:
                 _read_comparison(path, Path(tmp))
             dataset = _training_set(path, args, cache)
-            print(f"\n{'head':<12} {'params':>10} {'epoch s':>9} {'seq/s':>9} {'CPU s':>7}  note")
+            print(f"\n{'':<34}{'now':<26}{'before (main 33b63ac, quiet)':<30}")
+            print(f"{'head':<12} {'params':>10} {'epoch s':>9} {'seq/s':>9} {'CPU s':>7}   {'epoch s':>9} {'seq/s':>9} "
+                  f"{'speed-up':>9}  note")
             for name in names:
                 row = _bench_head(name, dataset, args.classes, args, device)
-                rate = len(dataset) / row["epoch_s"]
-                print(f"{row['head']:<12} {row['params']:>10,} {row['epoch_s']:>9.2f} {rate:>9.0f} "
-                      f"{row['cpu_s']:>7.2f}  {row['note']}", flush=True)
+                print(_row(row, len(dataset)), flush=True)
             path.unlink()
             print()
 

@@ -352,6 +352,8 @@ class Batch:
 
 
 def _pad(tensors: list[Tensor], length: int) -> Tensor:
+    if all(len(t) == length for t in tensors):  # nothing to pad (TSN segments): one copy instead of zeros + copies
+        return torch.stack(tensors)
     out = tensors[0].new_zeros((len(tensors), length, *tensors[0].shape[1:]))
     for i, t in enumerate(tensors):
         out[i, : len(t)] = t

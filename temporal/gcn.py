@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from vidfeat.features.errors import UserError
+from vidfeat.temporal.layers import Dropout
 
 GEOMETRY_DIM = 8  # x1 y1 x2 y2, centre x y, width, height (all normalised to [0, 1])
 EDGE_DIM = 64  # width of the embedded edge geometry
@@ -156,7 +157,7 @@ class GraphLayer(nn.Module):
         self.edge_graphs = [name for name, on in enabled.items() if on and edge_dim]
         for name in self.edge_graphs:
             setattr(self, f"u_{name}", nn.Linear(edge_dim, dim, bias=False))
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.norm = nn.LayerNorm(dim)
 
     def _projections(self, h: Tensor) -> dict[str, Tensor]:
@@ -260,7 +261,7 @@ class GCNHead(nn.Module):
         self.spatiotemporal, self.relation, self.drop_appearance = spatiotemporal, relation, drop_appearance
         if appearance:
             self.reduce = nn.Sequential(
-                nn.Linear(self.roi_dim, appearance_dim), nn.LayerNorm(appearance_dim), nn.Dropout(appearance_dropout),
+                nn.Linear(self.roi_dim, appearance_dim), nn.LayerNorm(appearance_dim), Dropout(appearance_dropout),
                 nn.Linear(appearance_dim, hidden),
             )
         if box_embedding:
@@ -274,7 +275,7 @@ class GCNHead(nn.Module):
         self.layers = nn.ModuleList(
             GraphLayer(hidden, similarity, spatiotemporal, relation, edge_dim, graph_dropout) for _ in range(layers)
         )
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.fc = nn.Linear(hidden + (input_dim if global_branch else 0), num_classes)
 
     def _check(self, x: Tensor, mask: Tensor, rois: Tensor | None, boxes: Tensor | None, roi_mask: Tensor | None):

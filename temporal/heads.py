@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from vidfeat.features.errors import UserError
 from vidfeat.temporal.gcn import GCNHead
-from vidfeat.temporal.layers import TemporalBlock, masked_mean, sinusoidal_encoding
+from vidfeat.temporal.layers import Dropout, TemporalBlock, dropout, masked_mean, sinusoidal_encoding
 from vidfeat.temporal.slowfast import SlowFastHead
 from vidfeat.temporal.spatial_heads import ECOHead, TimeSformerHead
 
@@ -63,7 +63,7 @@ class MeanHead(nn.Module):
 
     def __init__(self, input_dim: int, num_classes: int, dropout: float = 0.5) -> None:
         super().__init__()
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.fc = nn.Linear(input_dim, num_classes)
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
@@ -105,7 +105,7 @@ class LSTMHead(nn.Module):
             raise UserError(f"lstm readout must be 'last' or 'mean', got {readout!r}")
         self.readout = readout
         self.directions = 2 if bidirectional else 1
-        self.input_dropout = nn.Dropout(dropout)
+        self.input_dropout = Dropout(dropout)
         self.lstm = nn.LSTM(
             input_dim,
             hidden,
@@ -114,21 +114,24 @@ class LSTMHead(nn.Module):
             bidirectional=bidirectional,
             dropout=dropout if layers > 1 else 0.0,
         )
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.fc = nn.Linear(hidden * self.directions, num_classes)
 
     def _direction(self, x: Tensor, layer: int, suffix: str) -> Tensor:
         """Outputs ``[B, T, H]`` of one direction of one layer over ``x`` (already in that direction's order)."""
         w_ih, w_hh = getattr(self.lstm, f"weight_ih_l{layer}{suffix}"), getattr(self.lstm, f"weight_hh_l{layer}{suffix}")
         bias = getattr(self.lstm, f"bias_ih_l{layer}{suffix}") + getattr(self.lstm, f"bias_hh_l{layer}{suffix}")
-        gates_in = nn.functional.linear(x, w_ih, bias)
-        h = c = x.new_zeros(x.shape[0], w_hh.shape[1])
+        # Under autocast only this product (nearly all of the head's work) runs in reduced precision; the
+        # recurrence, whose state accumulates over the steps, stays in float32.
+        gates_in = nn.functional.linear(x, w_ih, bias).float()
+        h = c = gates_in.new_zeros(x.shape[0], w_hh.shape[1])
         outputs = []
-        for t in range(x.shape[1]):
-            i, f, g, o = (gates_in[:, t] + nn.functional.linear(h, w_hh)).chunk(4, dim=1)
-            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-            h = torch.sigmoid(o) * torch.tanh(c)
-            outputs.append(h)
+        with torch.autocast(x.device.type, enabled=False):
+            for t in range(x.shape[1]):
+                i, f, g, o = (gates_in[:, t] + nn.functional.linear(h, w_hh)).chunk(4, dim=1)
+                c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+                h = torch.sigmoid(o) * torch.tanh(c)
+                outputs.append(h)
         return torch.stack(outputs, dim=1)
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
@@ -138,7 +141,7 @@ class LSTMHead(nn.Module):
         h = self.input_dropout(x)
         for layer in range(self.lstm.num_layers):
             if layer:
-                h = nn.functional.dropout(h, self.lstm.dropout, self.training)
+                h = dropout(h, self.lstm.dropout, self.training)
             forward = self._direction(h, layer, "")
             finals = [forward.gather(1, last.expand(-1, 1, forward.shape[2])).squeeze(1)]
             if self.directions == 2:
@@ -178,13 +181,13 @@ class TCNHead(nn.Module):
         self.blocks = nn.ModuleList(
             TemporalBlock(channels, kernel_size, 2**level, causal, dropout) for level in range(levels)
         )
-        self.dropout = nn.Dropout(head_dropout)
+        self.dropout = Dropout(head_dropout)
         self.fc = nn.Linear(channels, num_classes)
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         _check_inputs(x, mask)
         keep = mask.to(x.dtype).unsqueeze(-1)
-        h = self.proj(x)
+        h = self.proj(x).float()  # the residual stream stays float32 under autocast
         for block in self.blocks:
             h = block(h, keep)
         return self.fc(self.dropout(masked_mean(h, mask)))
@@ -265,9 +268,10 @@ class TransformerHead(nn.Module):
         layer = nn.TransformerEncoderLayer(
             d_model, heads, d_model * ff_mult, dropout, activation="gelu", batch_first=True, norm_first=True
         )
+        layer.dropout, layer.dropout1, layer.dropout2 = Dropout(dropout), Dropout(dropout), Dropout(dropout)
         self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(d_model)
-        self.dropout = nn.Dropout(head_dropout)
+        self.dropout = Dropout(head_dropout)
         self.fc = nn.Linear(d_model, num_classes)
 
     def no_weight_decay(self) -> set[str]:

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from vidfeat.features.errors import UserError
-from vidfeat.temporal.layers import TemporalBlock, masked_mean
+from vidfeat.temporal.layers import Dropout, TemporalBlock, masked_mean
 
 LATERALS = ("conv", "sample", "none")
 LATERAL_KERNEL = 5  # the paper's time-strided convolution: 5x1x1, stride alpha
@@ -42,7 +42,8 @@ class _Lateral(nn.Module):
     def forward(self, fast: Tensor) -> Tensor:
         if self.kind == "sample":
             return fast[:, :: self.alpha]
-        return torch.relu(self.conv(fast.transpose(1, 2))).transpose(1, 2)
+        with torch.autocast(fast.device.type, enabled=False):  # oneDNN's bfloat16 conv1d is slower than float32's
+            return torch.relu(self.conv(fast.float().transpose(1, 2))).transpose(1, 2)
 
 
 class SlowFastHead(nn.Module):
@@ -92,7 +93,7 @@ class SlowFastHead(nn.Module):
                                          for _ in range(depth if fast else 0))
         self.laterals = nn.ModuleList(_Lateral(lateral, fast, alpha) for _ in range(depth)) if lateral != "none" else None
         self.fuse = nn.ModuleList(nn.Linear(width + lat.channels, width) for lat in self.laterals or ())
-        self.dropout = nn.Dropout(head_dropout)
+        self.dropout = Dropout(head_dropout)
         self.fc = nn.Linear(width + fast, num_classes)
 
     def pathways(self, x: Tensor, mask: Tensor) -> tuple[Tensor, ...]:

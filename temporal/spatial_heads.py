@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from vidfeat.features.errors import UserError
-from vidfeat.temporal.layers import masked_mean, sinusoidal_encoding
+from vidfeat.temporal.layers import Dropout, masked_mean, sinusoidal_encoding
 
 ATTENTIONS = ("divided", "joint", "space")
 
@@ -84,7 +84,7 @@ class _Attention(nn.Module):
         super().__init__()
         self.norm = nn.LayerNorm(width)
         self.attn = nn.MultiheadAttention(width, heads, dropout=dropout, batch_first=True)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, h: Tensor, padding: Tensor | None = None) -> Tensor:
         y = self.norm(h)
@@ -101,8 +101,8 @@ class SpaceTimeBlock(nn.Module):
         self.time = _Attention(width, heads, dropout) if attention == "divided" else None
         self.space = _Attention(width, heads, dropout)  # joint: over all tokens of the video
         self.ff_norm = nn.LayerNorm(width)
-        self.ff = nn.Sequential(nn.Linear(width, width * ff_mult), nn.GELU(), nn.Dropout(dropout),
-                                nn.Linear(width * ff_mult, width), nn.Dropout(dropout))
+        self.ff = nn.Sequential(nn.Linear(width, width * ff_mult), nn.GELU(), Dropout(dropout),
+                                nn.Linear(width * ff_mult, width), Dropout(dropout))
 
     def forward(self, h: Tensor, mask: Tensor) -> Tensor:
         batch, steps, cells, width = h.shape
@@ -163,7 +163,7 @@ class TimeSformerHead(nn.Module):
         self.readout_norm = nn.LayerNorm(width)
         self.readout = nn.MultiheadAttention(width, heads, batch_first=True)
         self.norm = nn.LayerNorm(width)
-        self.dropout = nn.Dropout(head_dropout)
+        self.dropout = Dropout(head_dropout)
         self.fc = nn.Linear(width, num_classes)
 
     def no_weight_decay(self) -> set[str]:
@@ -204,7 +204,9 @@ class _Residual3d(nn.Module):
     @staticmethod
     def _conv(conv: nn.Conv3d, norm: nn.LayerNorm, h: Tensor, keep: Tensor) -> Tensor:
         """``h [B, T, S, S, C]`` -> conv -> norm, channels last."""
-        return norm(conv((h * keep).permute(0, 4, 1, 2, 3)).permute(0, 2, 3, 4, 1))
+        # float32 even under autocast: oneDNN's bfloat16 conv3d is slower here than float32's.
+        with torch.autocast(h.device.type, enabled=False):
+            return norm(conv((h * keep).permute(0, 4, 1, 2, 3)).permute(0, 2, 3, 4, 1))
 
     def forward(self, h: Tensor, keep: Tensor) -> Tensor:
         y = torch.relu(self._conv(self.conv1, self.norm1, h, keep))
@@ -237,14 +239,14 @@ class ECOHead(nn.Module):
         self.spatial_dim, self.grid, self.global_branch, self.centre = spatial_dim, grid, global_branch, centre
         self.reduce = nn.Sequential(nn.Linear(spatial_dim, reduce), nn.LayerNorm(reduce), nn.ReLU())
         self.blocks = nn.ModuleList(_Residual3d(reduce) for _ in range(blocks))
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.fc = nn.Linear(reduce + (input_dim if global_branch else 0), num_classes)
 
     def forward(self, x: Tensor, mask: Tensor, spatial: Tensor | None = None) -> Tensor:
         check_spatial(x, mask, spatial, self.grid * self.grid, self.spatial_dim, "eco")
         batch, steps = mask.shape
         cells = centred_cells(spatial, mask) if self.centre else spatial
-        h = self.reduce(cells).reshape(batch, steps, self.grid, self.grid, -1)
+        h = self.reduce(cells).float().reshape(batch, steps, self.grid, self.grid, -1)  # float32 under autocast
         keep = mask.to(h.dtype)[:, :, None, None, None]
         for block in self.blocks:
             h = block(h, keep)
