@@ -16,12 +16,10 @@
 """
 from __future__ import annotations
 
-import re
 import warnings
 from collections import deque
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -31,6 +29,7 @@ from vidfeat.extract.backbones import Backbone
 from vidfeat.extract.decode_pool import RowChunk
 from vidfeat.extract.rois import BoxSource, pool_regions
 from vidfeat.extract.spatial import LAST_LAYER, SpatialGrid
+from vidfeat.features.cpu import cpu_has_native_bf16
 from vidfeat.features.errors import UserError
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
@@ -46,16 +45,6 @@ def resolve_device(name: str) -> torch.device:
     if device.type not in ("cpu", "cuda"):
         raise UserError(f"unsupported --device {name}; use auto, cpu, cuda or cuda:N")
     return device
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether the CPU has bfloat16 instructions oneDNN uses (AVX512-BF16 or AMX); elsewhere bf16 is emulated and
-    slow. Read from the kernel's CPU flags (Linux); other systems are taken not to have them."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return torch.backends.mkldnn.is_available() and bool(re.search(r"\b(avx512_bf16|amx_bf16)\b", flags))
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import copy
 import os
-import re
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -23,6 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from vidfeat.features.cpu import cpu_has_native_bf16
 from vidfeat.features.errors import UserError
 from vidfeat.temporal.data import Batch, SequenceDataset, collate
 
@@ -112,17 +111,6 @@ def _schedule(total_steps: int, warmup_steps: int):
         return 0.5 * (1.0 + np.cos(np.pi * min(1.0, progress)))
 
     return factor
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether the CPU has bfloat16 instructions oneDNN uses (AVX512-BF16 or AMX), read from the kernel's CPU flags
-    (Linux; other systems are taken not to have them). The same test as extraction's, kept here because
-    temporal/ never imports extract/."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return torch.backends.mkldnn.is_available() and bool(re.search(r"\b(avx512_bf16|amx_bf16)\b", flags))
 
 
 def autocast_dtype(device: torch.device, enabled: bool, training: bool = True) -> torch.dtype | None:

@@ -6,7 +6,8 @@ import torch
 from videogen import make_video
 from vidfeat.extract.backbones import create_backbone
 from vidfeat.extract.decode_pool import RowChunk
-from vidfeat.extract.device import DeviceStage, Model, ModelSettings, cpu_has_native_bf16
+from vidfeat.extract.device import DeviceStage, Model, ModelSettings
+from vidfeat.features.cpu import cpu_has_native_bf16
 from vidfeat.extract.options import ExtractOptions
 from vidfeat.extract.runner import VideoJob, extract_videos
 from vidfeat.extract.video import Sampling, VideoReader
