@@ -43,7 +43,7 @@ def mount_tmpfs(tmp_path):
         subprocess.run(["umount", str(point)], check=True)
 
 
-MOTION_TEST_SIZES = {"random_dots": (3, 1, 3), "kind_motion": (3, 1, 3)}  # train, val, test videos per class
+MOTION_TEST_SIZES = {"random_dots": (3, 1, 3), "kind_motion": (10, 2, 5)}  # train, val, test videos per class
 
 
 @pytest.fixture(scope="session")

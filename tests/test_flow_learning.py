@@ -47,14 +47,17 @@ def top1(features, out: Path, **options) -> float:
     return train_run(features, "mean", out, segments=STEPS, progress=False, **options)["top1"]
 
 
+RECIPE = {"epochs": 20, "train_options": {"lr": 1e-2}}
+
+
 def test_flow_mean_solves_random_dots_where_rgb_mean_is_at_chance(flow_store, tmp_path, single_thread):
-    """5 seeds: flow 1.0 on every seed; RGB exactly 0.5 (by construction)."""
+    """Seeds 0-4: flow 1.0 on every seed (6 test videos; 0.8 allows one miss); RGB exactly 0.5, by construction
+    (tests/test_motion_datasets.py checks it on the same store)."""
     rgb, flow = flow_store("random_dots")
     with open_store(rgb) as a, open_store(flow) as b:
         assert sorted(a.keys()) == sorted(b.keys()) and a.attrs["classes"] == b.attrs["classes"]
         assert all(len(b.features(k)) == len(a.features(k)) - 1 for k in a.keys())
-    assert top1(rgb, tmp_path / "rgb", epochs=5) == 0.5
-    assert top1(flow, tmp_path / "flow", epochs=20, train_options={"lr": 1e-2}) >= 0.8
+    assert top1(flow, tmp_path / "flow", **RECIPE) >= 0.8
 
 
 def _kind_and_direction(run: Path) -> tuple[float, float]:
@@ -66,12 +69,13 @@ def _kind_and_direction(run: Path) -> tuple[float, float]:
 
 
 def test_two_streams_get_kind_and_direction_where_each_stream_gets_one(flow_store, tmp_path, single_thread):
+    """Seeds 0-4 (20 test videos): RGB 0.5 (kind 1.0, direction 0.5), flow 0.5-0.55 (direction 1.0), late fusion
+    1.0 on every seed, 0.45-0.5 above the better stream."""
     rgb, flow = flow_store("kind_motion")
-    recipe = {"epochs": 20, "train_options": {"lr": 1e-2}}
-    scores = {name: top1(features, tmp_path / name, **recipe)
+    scores = {name: top1(features, tmp_path / name, **RECIPE)
               for name, features in (("rgb", rgb), ("flow", flow), ("both", Streams([rgb, flow])))}
     rgb_kind, rgb_direction = _kind_and_direction(tmp_path / "rgb")
-    flow_kind, flow_direction = _kind_and_direction(tmp_path / "flow")
-    assert rgb_direction == 0.5 and rgb_kind >= 0.65  # a reversed pair holds the same bag of frames
+    _, flow_direction = _kind_and_direction(tmp_path / "flow")
+    assert rgb_direction == 0.5 and rgb_kind >= 0.8  # a reversed pair holds the same bag of frames
     assert flow_direction >= 0.8
-    assert scores["both"] >= 0.75 and scores["both"] - max(scores["rgb"], scores["flow"]) >= 0.2
+    assert scores["both"] >= 0.85 and scores["both"] - max(scores["rgb"], scores["flow"]) >= 0.25
