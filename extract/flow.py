@@ -212,21 +212,36 @@ def _orientation_histograms(
     ``static`` > 0, pixels below it count in an extra bin. Two weighted bincounts, whatever the grid."""
     n = len(dx)
     slots = bins + (static > 0)
-    magnitude = np.hypot(dx, dy)
-    position = np.arctan2(dy, dx) * np.float32(bins / (2 * np.pi))  # in [-bins / 2, bins / 2]
-    lower = np.floor(position)
+    magnitude = np.sqrt(dx * dx + dy * dy)
+    position = np.arctan2(dy, dx) * np.float32(bins / (2 * np.pi)) + np.float32(bins)  # in [bins / 2, 3 bins / 2]
+    lower = position.astype(np.int32)  # floor: the position is positive
     upper_share = position - lower
-    lower = lower.astype(np.int64) % bins
+    lower -= bins * (lower >= bins)  # integer % is 5x slower
     moving = magnitude >= static
     weight = np.where(moving, magnitude, np.float32(0))
     base = (np.arange(n)[:, None, None] * n_cells + cells) * slots
     total = n * n_cells * slots
+    upper = lower + 1
+    upper -= bins * (upper == bins)
     histogram = np.bincount((base + lower).ravel(), (weight * (1 - upper_share)).ravel(), total)
-    histogram += np.bincount((base + (lower + 1) % bins).ravel(), (weight * upper_share).ravel(), total)
+    histogram += np.bincount((base + upper).ravel(), (weight * upper_share).ravel(), total)
     if static > 0:
         histogram += np.bincount((base + bins).ravel(), (~moving).ravel().astype(np.float32), total)
     counts = np.bincount(cells.ravel(), minlength=n_cells)
     return histogram.reshape(n, n_cells, slots) / counts[None, :, None]
+
+
+def _gradients(component: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(d/dx, d/dy) of fields [N, H, W]: central differences inside, one-sided at the border (as np.gradient,
+    for a fraction of its time)."""
+    gx, gy = np.empty_like(component), np.empty_like(component)
+    np.subtract(component[:, :, 2:], component[:, :, :-2], out=gx[:, :, 1:-1])
+    gx[:, :, 1:-1] *= 0.5
+    gx[:, :, 0], gx[:, :, -1] = component[:, :, 1] - component[:, :, 0], component[:, :, -1] - component[:, :, -2]
+    np.subtract(component[:, 2:], component[:, :-2], out=gy[:, 1:-1])
+    gy[:, 1:-1] *= 0.5
+    gy[:, 0], gy[:, -1] = component[:, 1] - component[:, 0], component[:, -1] - component[:, -2]
+    return gx, gy
 
 
 class HofMbh(nn.Module):
@@ -255,9 +270,7 @@ class HofMbh(nn.Module):
         cells, n_cells = self._cells(height, width), self.cells ** 2
         parts = [_orientation_histograms(f[:, 0], f[:, 1], cells, n_cells, self.bins, self.static)]
         for component in (f[:, 0], f[:, 1]):
-            gy, gx = np.gradient(component, axis=(1, 2))
-            parts.append(_orientation_histograms(np.ascontiguousarray(gx), np.ascontiguousarray(gy), cells,
-                                                 n_cells, self.bins))
+            parts.append(_orientation_histograms(*_gradients(component), cells, n_cells, self.bins))
         descriptor = np.concatenate([p.reshape(n * fields, -1) for p in parts], axis=1)
         rows = np.sqrt(descriptor.reshape(n, fields, -1).mean(axis=1)).astype(np.float32)
         return torch.from_numpy(rows).to(flow.device)
