@@ -18,7 +18,7 @@ from vidfeat.extract.video import Geometry, Sampling, VideoReader
 from vidfeat.extract.windows import Windowing, window_rows
 from vidfeat.features import ProvenanceMismatch, StoreError, StoreWriter, VideoRecord, open_store, write_store
 from vidfeat.features import loaders, provenance_hash
-from vidfeat.features.provenance import IDENTITY_FIELDS
+from vidfeat.features.provenance import IDENTITY_FIELDS, LATER_FIELDS
 from vidfeat.pipelines.cli import main
 from vidfeat.temporal.data import SequenceDataset, SpatialSource, collate
 from vidfeat.temporal.heads import create_head
@@ -65,9 +65,9 @@ def test_grids_round_trip_and_mixing_grids_is_refused(tmp_path):
         write_store(tmp_path / "bad.h5", [VideoRecord("v", records[0].features, records[0].timestamps,
                                                       records[0].frame_indices, "a", ("train",))],
                     spatial_provenance(8, 2, 6, ["a"]))
-    # a store without a grid keeps the provenance hash it had before grids existed
+    # a store without a grid (or flow) keeps the provenance hash it had before grids existed
     plain = synthetic_provenance(8, ["a"], 1, "float16", "plain")
-    before = {name: plain.get(name) for name in IDENTITY_FIELDS if name != "spatial"}
+    before = {name: plain.get(name) for name in IDENTITY_FIELDS if name not in LATER_FIELDS}
     assert provenance_hash(plain) == hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()
 
 
