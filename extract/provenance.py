@@ -132,9 +132,12 @@ def _detector_weights(recorded: str, given: str | None) -> str | None:
 
 
 def _flow_weights(provenance: dict, given: str | None) -> str | None:
-    """The RAFT weights to compute new videos' flow with: the user's file, or what the store recorded."""
+    """The RAFT weights to compute new videos' flow with: the user's file, or what the store recorded; None for a
+    store without RAFT flow (so one ``--flow-weights`` serves the flow stream of a two-stream run)."""
     recorded = (provenance.get("flow") or {}).get("weights")
-    if given is not None or recorded is None:
+    if recorded is None:
+        return None
+    if given is not None:
         return given
     if recorded.startswith("sha256:"):
         raise UserError(f"this run's flow was computed with a RAFT weights file ({recorded}); pass that file with "

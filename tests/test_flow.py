@@ -236,3 +236,17 @@ def test_i3d_flow_encoder_loads_a_two_channel_flow_checkpoint_and_starts_rgb_one
         encoder = backbone.extractor.encoder
         assert encoder.net.conv1.conv.in_channels == 2 and backbone.describe_flow()["encoder"]["start"] == start
         assert backbone.weights_id.startswith("sha256:")
+
+
+def test_predict_takes_raft_weights_for_the_flow_stream_only():
+    from vidfeat.extract.provenance import reproducing_options
+
+    sampling = {"mode": "all"}
+    rgb = {"sampling": sampling, "dtype": "float16"}
+    raft = {**rgb, "flow": {"method": "raft_small", "weights": "sha256:abc"}}
+    assert reproducing_options(rgb, flow_weights="raft.pt").flow_weights is None
+    assert reproducing_options(raft, flow_weights="raft.pt").flow_weights == "raft.pt"
+    assert reproducing_options({**raft, "flow": {"weights": "none"}}).flow_weights == "none"
+    assert reproducing_options({**raft, "flow": {"weights": None}}).flow_weights is None  # OpenCV: no weights
+    with pytest.raises(UserError, match="--flow-weights FILE"):
+        reproducing_options(raft)
