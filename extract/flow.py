@@ -45,7 +45,7 @@ from __future__ import annotations
 import copy
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -429,8 +429,7 @@ def create_flow_backbone(name: str, weights: str | None = None, flow_weights: st
     encoder, preprocessing, weights_id = _encoder(encoder_name, weights)
     fields = None if encoder_name == "hof_mbh" else STACK[encoder_name]
     if method_name in RAFT_METHODS:  # RAFT reads RGB in [-1, 1]; the encoder sets the resolution
-        preprocessing = Preprocessing(preprocessing.resize, preprocessing.crop, preprocessing.interpolation,
-                                      (0.5,) * 3, (0.5,) * 3)
+        preprocessing = replace(preprocessing, mean=(0.5,) * 3, std=(0.5,) * 3)
     extractor = FlowFeatureExtractor(name, method, encoder, fields)
     clip_len = STACK[encoder_name] + 1
     flow = {**method.describe(), "encoder": encoder.describe(), "between": "consecutive sampled frames",

@@ -29,7 +29,7 @@ import numpy as np
 
 from vidfeat.features.errors import UserError
 from vidfeat.pipelines.datasets import DatasetError
-from vidfeat.pipelines.sample import IndexedBenchmark, write_indexed_videos
+from vidfeat.pipelines.sample import IndexedBenchmark, split_plan, write_indexed_videos
 
 GENERATOR_VERSION = 1
 LIST_CSV = "crossing.csv"
@@ -136,7 +136,7 @@ def write_task(root: Path | str, task: str, train: int, val: int, test: int, see
     """Videos of ``task`` (``swap`` or ``direction``) under ``root/<class>/`` and ``root/crossing.csv``; video ``i``
     of both classes lands in the same split (the first ``train`` indices, then ``val``, then ``test``); ``seed``
     draws other videos. Returns the list file (``vidfeat extract --dataset list --list FILE``)."""
-    return _write(Path(root), task, ["train"] * train + ["val"] * val + ["test"] * test, seed)
+    return _write(Path(root), task, split_plan(train, val, test), seed)
 
 
 class CrossingBenchmark(IndexedBenchmark):

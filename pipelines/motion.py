@@ -36,7 +36,7 @@ import numpy as np
 
 from vidfeat.features.errors import UserError
 from vidfeat.pipelines.crossing import paste, resize, sources
-from vidfeat.pipelines.sample import IndexedBenchmark, write_indexed_videos
+from vidfeat.pipelines.sample import IndexedBenchmark, split_plan, write_indexed_videos
 
 GENERATOR_VERSION = 1
 LIST_CSV = "motion.csv"
@@ -152,7 +152,7 @@ def write_motion_task(root: Path | str, task: str, train: int, val: int, test: i
     ``root/motion.csv``; video ``i`` of every class lands in the same split (the first ``train`` indices, then
     ``val``, then ``test``); ``seed`` draws other videos. Returns the list file (``vidfeat extract --dataset list
     --list FILE``)."""
-    return _write(Path(root), task, ["train"] * train + ["val"] * val + ["test"] * test, seed)
+    return _write(Path(root), task, split_plan(train, val, test), seed)
 
 
 class MotionBenchmark(IndexedBenchmark):

@@ -316,6 +316,11 @@ def write_indexed_videos(
     return root / list_csv
 
 
+def split_plan(train: int, val: int, test: int) -> list[str]:
+    """The split of each video index of a generated task: the first ``train`` indices, then ``val``, then ``test``."""
+    return ["train"] * train + ["val"] * val + ["test"] * test
+
+
 @dataclass(frozen=True)
 class IndexedBenchmark:
     """A generated list dataset of a fixed size whose classes share their video indices (the crossing and motion
@@ -349,7 +354,7 @@ class IndexedBenchmark:
         raise NotImplementedError
 
     def splits(self) -> list[str]:
-        return ["train"] * self.train + ["val"] * self.val + ["test"] * self.test
+        return split_plan(self.train, self.val, self.test)
 
     def marker_content(self) -> dict:
         return {"generator": self.generator, "task": self.task, "version": self.version,
