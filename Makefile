@@ -146,7 +146,7 @@ cuda-check: $(STAMP)
 	$(MAKE) --no-print-directory bench BENCH_BACKBONES=resnet50
 
 bench-train: $(STAMP)
-	OMP_WAIT_POLICY=PASSIVE $(PY) -m vidfeat.temporal.bench
+	$(PY) -m vidfeat.temporal.bench
 
 # Fault campaigns against whole extraction runs: damaged real clips, kill -9 at random moments, in commits and
 # merges. Prints trials / survived / lost / crashes / hangs; fails when anything was lost.

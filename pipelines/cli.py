@@ -2,38 +2,31 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
 
-# Temporal heads run thousands of tiny ops, and libgomp's default spin-waiting adds milliseconds to each on
-# small VMs (epochs 5-10x slower); large convolutions prefer spinning. So only the commands that train or
-# score heads opt out, and this must happen before torch is imported.
-if sys.argv[1:2] and sys.argv[1] in ("train-temporal", "sweep", "evaluate", "compare"):
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import click
+from click.core import ParameterSource
 
-import click  # noqa: E402
-from click.core import ParameterSource  # noqa: E402
-
-from vidfeat.extract.device import PRECISIONS  # noqa: E402
-from vidfeat.extract.flow import DEFAULT_ENCODER, FLOW_ENCODERS, FLOW_METHODS  # noqa: E402
-from vidfeat.extract.options import ExtractOptions  # noqa: E402
-from vidfeat.extract.video import Sampling  # noqa: E402
-from vidfeat.features import interop  # noqa: E402
-from vidfeat.features.errors import UserError  # noqa: E402
-from vidfeat.features.store import merge_stores, open_store, verify_store  # noqa: E402
-from vidfeat.pipelines import stages  # noqa: E402
-from vidfeat.pipelines.datasets import ADAPTERS  # noqa: E402
-from vidfeat.pipelines.scaleout import ScaleOut  # noqa: E402
-from vidfeat.temporal.heads import list_heads  # noqa: E402
-from vidfeat.temporal.runs import (  # noqa: E402
+from vidfeat.extract.device import PRECISIONS
+from vidfeat.extract.flow import DEFAULT_ENCODER, FLOW_ENCODERS, FLOW_METHODS
+from vidfeat.extract.options import ExtractOptions
+from vidfeat.extract.video import Sampling
+from vidfeat.features import interop
+from vidfeat.features.errors import UserError
+from vidfeat.features.store import merge_stores, open_store, verify_store
+from vidfeat.pipelines import stages
+from vidfeat.pipelines.datasets import ADAPTERS
+from vidfeat.pipelines.scaleout import ScaleOut
+from vidfeat.temporal.heads import list_heads
+from vidfeat.temporal.runs import (
     SWEEP_FILE, compare_runs, evaluate_run, format_comparison, format_ranking, rank_configurations, train_folds,
     train_run, write_comparison,
 )
-from vidfeat.temporal.sampling import SAMPLE_MODES  # noqa: E402
-from vidfeat.temporal.streams import Streams  # noqa: E402
-from vidfeat.temporal.sweep import SweepGrid, run_sweep  # noqa: E402
+from vidfeat.temporal.sampling import SAMPLE_MODES
+from vidfeat.temporal.streams import Streams
+from vidfeat.temporal.sweep import SweepGrid, run_sweep
 
 # Errors a user can act on: shown as one clear message, no traceback (every layer's own error types are UserErrors).
 # Anything else is a bug and keeps its traceback.

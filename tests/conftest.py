@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 os.environ["VIDFEAT_OFFLINE"] = "1"
-# Before torch is imported: the suite is dominated by small temporal heads (see pipelines/cli.py).
+# Before torch is imported: the suite runs decode workers, Dask clusters and CLI subprocesses beside the
+# in-process heads, and spin-waiting OpenMP threads starve them (README, Training speed: threads).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, str(Path(__file__).parent))
 
