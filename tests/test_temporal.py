@@ -474,3 +474,46 @@ def test_optimiser_groups_fc_multiplier_and_no_decay_on_positions():
     assert by_param[id(head.proj.weight)]["lr"] == 0.01
     assert by_param[id(head.pos)]["weight_decay"] == 0.0 and by_param[id(head.cls)]["weight_decay"] == 0.0
     assert sum(len(g["params"]) for g in groups) == len(list(head.parameters()))
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
+def test_dropout_keeps_the_expectation_and_is_seeded(p):
+    from vidfeat.temporal.layers import dropout
+
+    x = torch.ones(400, 1000)
+    torch.manual_seed(0)
+    dropped = dropout(x, p, training=True)
+    assert dropped.shape == x.shape
+    assert torch.equal(torch.unique(dropped), torch.tensor([0.0, 65536 / (65536 - round(p * 65536))]))
+    assert abs(float((dropped == 0).float().mean()) - p) < 0.005  # 400k draws: sd of the share is under 0.0008
+    assert abs(float(dropped.mean()) - 1.0) < 0.02
+    torch.manual_seed(0)
+    assert torch.equal(dropout(x, p, training=True), dropped)
+    assert dropout(x, p, training=False) is x and dropout(torch.ones(3, 5), 1.0, True).eq(0).all()
+
+
+def test_self_attention_matches_torch_multihead_attention():
+    from vidfeat.temporal.layers import SelfAttention
+
+    torch.manual_seed(3)
+    reference = torch.nn.MultiheadAttention(16, 4, dropout=0.1, batch_first=True)
+    torch.manual_seed(3)
+    ours = SelfAttention(16, 4, dropout=0.1)
+    state = reference.state_dict()
+    assert state.keys() == ours.state_dict().keys()
+    assert all(torch.equal(value, ours.state_dict()[name]) for name, value in state.items())  # same seeded init
+    reference.eval(), ours.eval()
+    x = torch.randn(5, 7, 16)
+    padding = torch.zeros(5, 7, dtype=torch.bool)
+    padding[1, 4:], padding[3, 1:] = True, True
+    expected = reference(x, x, x, key_padding_mask=padding, need_weights=False)[0]
+    torch.testing.assert_close(ours(x, padding), expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ours(x), reference(x, x, x, need_weights=False)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_tcn_whose_taps_all_read_padding_still_runs():
+    """kernel 2 dilated by 16 reaches 8 steps either side: on 8 steps every tap of the last level is padding."""
+    torch.manual_seed(0)
+    head = create_head("tcn", 8, 3, channels=8, levels=5, kernel_size=2)
+    logits = head(torch.randn(2, 8, 8), torch.ones(2, 8, dtype=torch.bool))
+    assert logits.shape == (2, 3) and torch.isfinite(logits).all()
