@@ -18,6 +18,7 @@ from torch.utils.data import Dataset
 
 from vidfeat.features import FeatureStore, Rows, SequenceSource, StorePath, fits_in_memory, open_store, select_keys
 from vidfeat.features.errors import UserError
+from vidfeat.features.loaders import to_float32
 from vidfeat.features.store import ROI_DATASETS, SPATIAL_DATASET
 from vidfeat.temporal.sampling import check_sampling, sample_indices
 
@@ -209,7 +210,8 @@ class RowArrays:
             self._check_rows(videos, [len(arrays[0]) for arrays in per_video], feature_rows)
             parts = [np.concatenate([arrays[n][s] for arrays, s in zip(per_video, steps)])
                      for n in range(len(self.datasets))]
-        return {name: part.astype(dtype) for (name, dtype), part in zip(self.fields, parts)}
+        return {name: to_float32(part) if dtype == np.float32 else part.astype(dtype)
+                for (name, dtype), part in zip(self.fields, parts)}
 
     def _check_rows(self, videos: Sequence[int], found: Sequence[int], feature_rows: Sequence[int]) -> None:
         for video, rows, expected in zip(videos, found, feature_rows):
@@ -351,9 +353,20 @@ class Batch:
         return Batch(move(self.x), move(self.mask), move(self.y), {k: move(v) for k, v in self.extras.items()})
 
 
+def _stack(tensors: list[Tensor]) -> Tensor:
+    """``torch.stack``, without its copy when the tensors are consecutive equal parts of one buffer, as the items
+    of a batch gathered in one read are (a spatial batch is 21 MB of float32)."""
+    first = tensors[0]
+    start, size, pointer = first.storage_offset(), first.numel(), first.untyped_storage().data_ptr()
+    if all(t.is_contiguous() and t.shape == first.shape and t.untyped_storage().data_ptr() == pointer
+           and t.storage_offset() == start + i * size for i, t in enumerate(tensors)):
+        return first.as_strided((len(tensors), *first.shape), (size, *first.stride()), start)
+    return torch.stack(tensors)
+
+
 def _pad(tensors: list[Tensor], length: int) -> Tensor:
-    if all(len(t) == length for t in tensors):  # nothing to pad (TSN segments): one copy instead of zeros + copies
-        return torch.stack(tensors)
+    if all(len(t) == length for t in tensors):  # nothing to pad (TSN segments): no zeros and copies
+        return _stack(tensors)
     out = tensors[0].new_zeros((len(tensors), length, *tensors[0].shape[1:]))
     for i, t in enumerate(tensors):
         out[i, : len(t)] = t
