@@ -8,9 +8,9 @@ configuration (measured on 2 CPU cores):
 
 | task | head | seed 0 | 1 | 2 | 3 | 4 | worst | asserted |
 |---|---|---|---|---|---|---|---|---|
-| swap | eco | 1.0 | 1.0 | 1.0 | 1.0 | 1.0 | 1.0 | >= 0.9 |
-| swap | timesformer | 0.906 | 0.75 | 0.844 | 0.719 | 0.906 | 0.719 | >= 0.6 |
-| direction | timesformer | 0.875 | 0.875 | 0.9375 | 0.9375 | 0.875 | 0.875 | >= 0.75 |
+| swap | eco | 1.0 | 0.969 | 1.0 | 1.0 | 1.0 | 0.969 | >= 0.9 |
+| swap | timesformer | 0.844 | 0.906 | 0.781 | 0.781 | 1.0 | 0.781 | >= 0.6 |
+| direction | timesformer | 0.8125 | 0.75 | 0.875 | 0.8125 | 1.0 | 0.75 | >= 0.65 (11 of 16) |
 | swap | timesformer attention=space, 10 epochs | 0.5 | 0.5 | 0.5 | 0.5 | 0.5 | 0.5 | == 0.5 |
 
 Chance is 0.5. ``eco`` is not checked on ``direction``: it needs about 80 training videos per class there (0.83
@@ -55,7 +55,7 @@ def top1(store, head, out, seed=0, **options):
 
 
 @pytest.mark.parametrize("task,head,least", [("swap", "eco", 0.9), ("swap", "timesformer", 0.6),
-                                             ("direction", "timesformer", 0.75)])
+                                             ("direction", "timesformer", 0.65)])
 def test_spatial_heads_learn_the_crossing_tasks(stores, tmp_path, task, head, least):
     assert top1(stores[task], head, tmp_path / "run") >= least
 
