@@ -518,3 +518,18 @@ def test_tcn_whose_taps_all_read_padding_still_runs():
     head = create_head("tcn", 8, 3, channels=8, levels=5, kernel_size=2)
     logits = head(torch.randn(2, 8, 8), torch.ones(2, 8, dtype=torch.bool))
     assert logits.shape == (2, 3) and torch.isfinite(logits).all()
+
+
+def test_to_float32_is_numpys_conversion_bit_for_bit_except_nan_payloads():
+    from vidfeat.features.loaders import to_float32
+
+    every_half = np.arange(2**16, dtype=np.uint16).view(np.float16).reshape(256, 256)  # subnormals, inf, nan too
+    for values in (every_half, every_half[:, ::3], every_half.astype(">f2"), every_half.astype(np.float64)):
+        converted = to_float32(values)
+        assert converted.dtype == np.float32 and converted.shape == values.shape
+        expected = values.astype(np.float32)
+        numbers = ~np.isnan(expected)  # torch quietens signalling NaNs; NaN stays NaN
+        np.testing.assert_array_equal(converted[numbers].view(np.uint32), expected[numbers].view(np.uint32))
+        assert np.isnan(converted[~numbers]).all() and (~numbers).any()
+    ready = np.ones(3, np.float32)
+    assert to_float32(ready) is ready
