@@ -8,7 +8,7 @@ import pytest
 
 os.environ["VIDFEAT_OFFLINE"] = "1"
 # Before torch is imported: the suite runs decode workers, Dask clusters and CLI subprocesses beside the
-# in-process heads, and spin-waiting OpenMP threads starve them (README, Training speed: threads).
+# in-process heads, and spin-waiting OpenMP threads starve them (README, Training speed: how OpenMP threads wait).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, str(Path(__file__).parent))
 
