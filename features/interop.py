@@ -21,6 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from vidfeat.features.errors import UserError
+from vidfeat.features.loaders import to_float32
 from vidfeat.features.store import SPLIT_CODES, StoreError, VideoRecord, open_store, write_store
 
 META_KEYS = ("fps", "timestamps_ms")
@@ -179,7 +180,7 @@ def export_features(store_path: str | os.PathLike, out_dir: str | os.PathLike, *
                              "layout names files by stem only, so they cannot be exported into one folder")
         out_dir.mkdir(parents=True, exist_ok=True)
         for key, stem in stems.items():
-            arrays = {feature_type: store.features(key).astype(np.float32), "timestamps_ms": store.timestamps(key) * 1000}
+            arrays = {feature_type: to_float32(store.features(key)), "timestamps_ms": store.timestamps(key) * 1000}
             if fps:
                 arrays["fps"] = np.asarray(float(fps))
             for name, value in arrays.items():

@@ -167,7 +167,7 @@ class SequenceSource(Dataset):
         return to_float32(np.concatenate([self.get(v)[s] for v, s in zip(videos, steps)]))
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        return torch.from_numpy(np.asarray(self.get(index), dtype=np.float32))
+        return torch.from_numpy(to_float32(np.asarray(self.get(index))))
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
