@@ -7,7 +7,8 @@ Why it is built this way:
   take the whole run down. Here a crash costs its worker and the one video it held: that video is reported as
   failed with the signal's name, a replacement worker starts, and every other video is untouched.
 * ``spawn``, not ``fork``: forking a process that already runs torch's OpenMP and CUDA threads is unsafe.
-  Workers import only PyAV and numpy (see ``vidfeat.pipelines.console`` for why the CLI's main module is light).
+  Workers import only PyAV and numpy (tested; see ``vidfeat.pipelines.console`` for why the CLI's main module is
+  light, and ``vidfeat.features`` for why that package loads its modules on first use).
 * Shared memory, not pickles. Each worker owns a few fixed slots of one shared-memory block; it writes rows
   straight into a free slot and sends only a small ``ChunkReady`` (timestamps, indices) through its pipe. The
   parent copies the rows out and hands the slot back. So memory is bounded by workers x slots x slot size, however
