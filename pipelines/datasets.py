@@ -174,26 +174,8 @@ then: unrar x hmdb51_org.rar <root>/hmdb51_org/
             hint = f"\nfound unextracted archives ({', '.join(rars[:3])}...); extract them first" if rars else ""
             raise _fail(f"no <class>/<name>.avi videos found{hint}", self, videos_root)
 
-        split_dir = root / self.split_dir_name
-        if not split_dir.is_dir():
-            raise _fail(f"split folder {self.split_dir_name}/ is missing", self, split_dir)
-        split_files: dict[tuple[str, int], Path] = {}
-        for p in split_dir.iterdir():
-            m = self._split_file.match(p.name)
-            if m:
-                split_files[(m["cls"], int(m["fold"]))] = p
-
         classes = sorted(videos)
-        missing_files = [
-            f"{c}_test_split{f}.txt" for c in classes for f in (1, 2, 3) if (c, f) not in split_files
-        ]
-        if missing_files:
-            raise _fail(
-                f"{len(missing_files)} split files missing, e.g. {', '.join(missing_files[:_SHOW_MISSING])}",
-                self,
-                split_dir,
-            )
-
+        split_files = self._split_files(root, classes)
         warnings: list[str] = []
         no_videos = sorted({c for c, _ in split_files} - set(classes))
         if no_videos:
@@ -223,6 +205,22 @@ then: unrar x hmdb51_org.rar <root>/hmdb51_org/
             log.warning("hmdb51: %s", w)
         items.sort(key=lambda it: it.key)
         return Dataset(self.name, videos_root, classes, self.n_folds, items, warnings)
+
+    def _split_files(self, root: Path, classes: list[str]) -> dict[tuple[str, int], Path]:
+        """``(class, fold) -> <class>_test_split<fold>.txt``; every class needs all three."""
+        split_dir = root / self.split_dir_name
+        if not split_dir.is_dir():
+            raise _fail(f"split folder {self.split_dir_name}/ is missing", self, split_dir)
+        split_files: dict[tuple[str, int], Path] = {}
+        for p in split_dir.iterdir():
+            m = self._split_file.match(p.name)
+            if m:
+                split_files[(m["cls"], int(m["fold"]))] = p
+        missing = [f"{c}_test_split{f}.txt" for c in classes for f in (1, 2, 3) if (c, f) not in split_files]
+        if missing:
+            raise _fail(f"{len(missing)} split files missing, e.g. {', '.join(missing[:_SHOW_MISSING])}", self,
+                        split_dir)
+        return split_files
 
     def _parse_split_file(self, path: Path) -> list[tuple[str, str | None]]:
         entries: dict[str, str | None] = {}

@@ -83,10 +83,20 @@ def fit_logreg(
         scores = [float((fit.predict(xv) == np.asarray(val_labels)).mean()) for fit in fits]
         val_acc = {str(c): s for c, s in zip(grid, scores)}
         best = int(np.argmax(scores))  # first (strongest regularisation) among ties
-    pipe = fits[best]
-    scaler, lr = pipe.named_steps["scale"], pipe.named_steps["lr"]
+    head = _head_from_pipeline(fits[best], x.shape[1] // 2, num_classes, C, max_iter)
+    iterations = int(np.max(fits[best].named_steps["lr"].n_iter_))
+    report = {
+        "C": float(grid[best]),
+        "val_accuracy_by_C": val_acc,
+        "n_iter": iterations,
+        "converged": iterations < max_iter,
+    }
+    return head.eval(), report
 
-    dim = x.shape[1] // 2
+
+def _head_from_pipeline(pipe, dim: int, num_classes: int, C: float | None, max_iter: int) -> LogRegHead:
+    """The fitted scikit-learn scaler + logistic regression as a torch head over all ``num_classes``."""
+    scaler, lr = pipe.named_steps["scale"], pipe.named_steps["lr"]
     head = LogRegHead(dim, num_classes, C=C, max_iter=max_iter)
     weight = torch.zeros(num_classes, 2 * dim, dtype=torch.float64)
     # A class absent from the training split can never be predicted.
@@ -103,10 +113,4 @@ def fit_logreg(
         head.scale.copy_(torch.from_numpy(scaler.scale_))
         head.fc.weight.copy_(weight)
         head.fc.bias.copy_(bias)
-    report = {
-        "C": float(grid[best]),
-        "val_accuracy_by_C": val_acc,
-        "n_iter": int(np.max(lr.n_iter_)),
-        "converged": bool(np.max(lr.n_iter_) < max_iter),
-    }
-    return head.eval(), report
+    return head
