@@ -108,7 +108,7 @@ class ModelSettings:
 
     precision: str = "auto"
     graph: str = "eager"
-    input_shape: tuple[int, ...] | None = None  # a full batch: what is traced; compiled graphs need its batch size
+    input_shape: tuple[int, ...] | None = None  # a full batch; frozen graphs trace one row, compiled ones its size
     grid: SpatialGrid | None = None  # frozen graphs: also pool this grid (frame backbones), see GridOutputs
 
     def __post_init__(self) -> None:
